@@ -1,0 +1,32 @@
+# Two commands for a newcomer (see README): `make run` and `make test`.
+# Each creates .venv with the pinned dependencies (constraints.txt) on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+# Tests and local runs never talk to Google: no metadata server probing.
+export NO_GCE_CHECK = True
+
+.PHONY: run test bench docs schemas sample clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python setup.py constraints.txt
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+run: $(VENV)/.installed          ## run the pipeline on the bundled sample -> ./output
+	$(BIN)/python -m pipelines.currents_to_partners $(ARGS)
+
+test: $(VENV)/.installed         ## run the whole test suite
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+schemas: $(VENV)/.installed      ## regenerate schemas/ from ../shared/seeds
+	$(BIN)/python -m schemas.build_from_seeds
+
+sample: $(VENV)/.installed       ## regenerate the bundled sample export
+	$(BIN)/python -m pipelines.make_sample
+
+clean:
+	rm -rf $(VENV) output build *.egg-info .pytest_cache

@@ -1,0 +1,139 @@
+"""Braze Currents export -> clean, deduplicated events, dead letter and a run summary.
+
+The whole flow (each step a composite PTransform from ``transforms``):
+
+    ReadCurrentsExport -> ValidateEvents -> DeduplicateEvents -> ResolveIdentities
+         | files              | dead letter      | duplicates          | eligibility
+         +--------------------+------------------+---------------------+--> summary
+
+Run locally on the bundled sample (writes ./output):
+
+    python -m pipelines.currents_to_partners
+
+On your own export, locally or on Dataflow (see README "Run on Dataflow"):
+
+    python -m pipelines.currents_to_partners --input PATH --output PATH [Beam options]
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import time
+import uuid
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+from pydantic import ValidationError
+
+from pipelines.options import RunConfig, parse
+from transforms import (DeduplicateEvents, ReadCurrentsExport, ResolveIdentities, ValidateEvents)
+from transforms.read import has_export_files
+from transforms.sinks import SUMMARY, TEMPORARY, CommitOutputs, ShardRecords, WriteShards
+from transforms.summary import MergeStats, build_summary, file_stats, render_table
+
+OUTPUT_FOLDERS = ("events", "dead_letter", "duplicates", "file_errors")
+
+
+def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str) -> beam.PCollection:
+    """Compose the pipeline on ``p``; returns the single-element summary PCollection."""
+    n = cfg.shards
+    read = p | "ReadCurrentsExport" >> ReadCurrentsExport(cfg.input, cfg.batch_size)
+    checked = read.rows | "ValidateEvents" >> ValidateEvents()
+    unique = checked.valid | "DeduplicateEvents" >> DeduplicateEvents(n)
+    identified = unique.events | "ResolveIdentities" >> ResolveIdentities(cfg.partners)
+
+    dead_letter = checked.dead_letter | "ShardDeadLetter" >> ShardRecords(
+        n, shard_key=lambda d: f"{d['source']}\x00{d['row']}",
+        sort_key=lambda d: (d["source"], d["row"]))
+    file_errors = (read.files
+                   | "OnlyFileErrors" >> beam.Filter(lambda f: f["reason"] is not None)
+                   | "ShardFileErrors" >> ShardRecords(1, shard_key=lambda f: "",
+                                                       sort_key=lambda f: f["source"]))
+    written = (
+        unique.events | "WriteEvents" >> WriteShards(temp_dir, "events", n),
+        dead_letter | "WriteDeadLetter" >> WriteShards(temp_dir, "dead_letter", n),
+        unique.duplicates | "WriteDuplicates" >> WriteShards(temp_dir, "duplicates", n),
+        file_errors | "WriteFileErrors" >> WriteShards(temp_dir, "file_errors", 1),
+    ) | "AllWritten" >> beam.Flatten()
+
+    stats = (
+        checked.stats, unique.stats, identified.stats,
+        read.files | "FileStats" >> beam.Map(file_stats),
+    ) | "AllStats" >> beam.Flatten() | "MergeStats" >> beam.CombineGlobally(MergeStats())
+
+    make_summary = functools.partial(build_summary, partners=cfg.partners, shards=n)
+    return p | "CommitOutputs" >> CommitOutputs(
+        cfg.output, temp_dir, OUTPUT_FOLDERS, written, stats, make_summary)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _check_output_writable(temp_dir: str) -> None:
+    probe = FileSystems.join(temp_dir, ".probe")
+    with FileSystems.create(probe) as fo:
+        fo.write(b"ok")
+    FileSystems.delete([probe])
+
+
+def read_summary(output: str) -> dict:
+    import json
+    with FileSystems.open(FileSystems.join(output, SUMMARY)) as fo:
+        return json.loads(fo.read())
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Parse options, run the pipeline, print the summary; returns the exit code."""
+    try:
+        cfg, beam_args = parse(argv)
+    except ValidationError as exc:
+        return _fail("; ".join(f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: "
+                               f"{e['msg'].removeprefix('Value error, ')}"
+                               for e in exc.errors()), 2)
+    except ValueError as exc:
+        return _fail(str(exc), 2)
+    try:
+        if not has_export_files(cfg.input):
+            return _fail(f"no .avro files found under {cfg.input}", 2)
+    except Exception as exc:
+        return _fail(f"cannot list {cfg.input}: {exc}", 2)
+    temp_dir = FileSystems.join(cfg.output, TEMPORARY, uuid.uuid4().hex)
+    try:
+        _check_output_writable(temp_dir)
+    except Exception as exc:
+        return _fail(f"cannot write to {cfg.output}: {exc}", 2)
+
+    print(f"Reading {cfg.input}\nWriting {cfg.output}", flush=True)
+    started = time.monotonic()
+    options = PipelineOptions(beam_args, save_main_session=False)
+    try:
+        with beam.Pipeline(options=options) as p:
+            build(p, cfg, temp_dir)
+        summary = read_summary(cfg.output)
+    except Exception as exc:
+        logging.getLogger(__name__).debug("run failed", exc_info=True)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return _fail(f"run failed: {first} (set CURRENTS_DEBUG=1 for the traceback)"
+                     if not os.environ.get("CURRENTS_DEBUG") else repr(exc), 1)
+    print(render_table(summary))
+    print(f"Done in {time.monotonic() - started:.1f}s. Outputs in {cfg.output}")
+    ratio = summary["invalid"] / summary["rows_read"] if summary["rows_read"] else 0.0
+    if cfg.max_invalid_ratio is not None and ratio > cfg.max_invalid_ratio:
+        return _fail(f"invalid ratio {ratio:.4f} exceeds --max-invalid-ratio "
+                     f"{cfg.max_invalid_ratio}", 1)
+    if not summary["conservation_ok"]:
+        return _fail("conservation check failed: rows_read != valid + invalid + duplicates", 1)
+    return 0
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Command-line options of the pipeline: ours are parsed here, the rest go to Beam."""
+from __future__ import annotations
+
+import argparse
+import os
+from importlib import resources
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from transforms.identities import PARTNERS
+
+
+def bundled_sample() -> str:
+    """The small sample export shipped with the package (made by pipelines/make_sample.py)."""
+    return str(resources.files("pipelines").joinpath("sample_export"))
+
+
+class RunConfig(BaseModel):
+    """Validated options of one run."""
+
+    model_config = ConfigDict(frozen=True)
+    input: str
+    output: str
+    partners: tuple[str, ...] = PARTNERS
+    shards: int = Field(8, ge=1, le=100_000)
+    batch_size: int = Field(2000, ge=1)
+    max_invalid_ratio: float | None = Field(None, ge=0.0, le=1.0)
+
+    @field_validator("partners", mode="before")
+    @classmethod
+    def _split(cls, value):
+        if isinstance(value, str):
+            value = [p.strip().lower() for p in value.split(",") if p.strip()]
+        unknown = sorted(set(value) - set(PARTNERS))
+        if unknown:
+            raise ValueError(f"unknown partner(s) {', '.join(unknown)}; "
+                             f"choose from {', '.join(PARTNERS)}")
+        return tuple(dict.fromkeys(value))
+
+
+HELP_EPILOG = """\
+Beam options pass through unchanged, for example:
+  --runner DirectRunner|DataflowRunner   where to run (default: DirectRunner)
+  --direct_num_workers N                 local parallelism
+  --direct_running_mode multi_processing|multi_threading|in_memory
+  --project, --region, --temp_location, --setup_file   for Dataflow
+
+Outputs under --output:
+  events/        one deduplicated event per line (Currents fields + event_type)
+  dead_letter/   rejected rows: {reason, event_type, source, row, error, record}
+  duplicates/    dropped copies: {event_type, id, source, row, kept_source, kept_row, ...}
+  file_errors/   files that could not be read (fully or partly), with the reason
+  summary.json   counts; written last, it marks a complete run
+
+Exit codes: 0 success; 1 run failed or --max-invalid-ratio exceeded; 2 bad options/input.
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m pipelines.currents_to_partners",
+        description="Turn a raw Braze Currents export (Avro) into clean, deduplicated "
+                    "events, a dead letter and a run summary.",
+        epilog=HELP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--input", default=None,
+                    help="folder, prefix (local or gs://), glob or .avro file of a Currents "
+                         "export; every .avro below it is read. Default: the bundled sample")
+    ap.add_argument("--output", default=None,
+                    help="folder (local or gs://) for the outputs. Default: ./output "
+                         "(with the bundled sample)")
+    ap.add_argument("--partners", default=",".join(PARTNERS),
+                    help="comma-separated partners whose identity rules are applied "
+                         f"(default: {','.join(PARTNERS)})")
+    ap.add_argument("--shards", type=int, default=8,
+                    help="output files per folder, and dedup parallelism (default: 8)")
+    ap.add_argument("--batch-size", dest="batch_size", type=int, default=2000,
+                    help="rows per element moved between steps (default: 2000)")
+    ap.add_argument("--max-invalid-ratio", dest="max_invalid_ratio", type=float, default=None,
+                    help="fail the run (exit 1, after writing everything) when "
+                         "invalid/rows_read exceeds this ratio (default: off)")
+    return ap
+
+
+def parse(argv: list[str] | None) -> tuple[RunConfig, list[str]]:
+    """Our options as a RunConfig, and the arguments left for Beam."""
+    args, beam_args = parser().parse_known_args(argv)
+    values = vars(args)
+    if values["input"] is None:
+        values["input"] = bundled_sample()
+        values["output"] = values["output"] or os.path.join(os.getcwd(), "output")
+    if values["output"] is None:
+        raise ValueError("--output is required when --input is given")
+    if "://" not in values["output"]:
+        values["output"] = str(Path(values["output"]).absolute())
+    if "://" not in values["input"]:
+        values["input"] = str(Path(values["input"]).absolute())
+    return RunConfig(**values), beam_args

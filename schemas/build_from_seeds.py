@@ -1,0 +1,178 @@
+"""Derive the event catalogue and the partner payload templates from Braze's docs.
+
+The seeds (``../shared/seeds``) are Braze's own glossary pages. Their JSON blocks are
+the specification: one "Cloud Storage" block per event type (the raw Currents export)
+and, for many events, one block per partner. This script turns them into data that the
+pipeline reads (``schemas/catalogue.json``, ``schemas/partner_templates.json``), so a
+new Braze event or field is a data change, not a code change.
+
+Run ``python -m schemas.build_from_seeds [--seeds DIR] [--check]``; ``--check`` exits
+non-zero when the committed files differ from what the seeds give.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_SEEDS = HERE.parent.parent / "shared" / "seeds"
+CATALOGUE = HERE / "catalogue.json"
+TEMPLATES = HERE / "partner_templates.json"
+
+# Newest source first: a type documented in several seeds is taken from the first.
+SEED_ORDER = ("004", "000", "002")
+CATEGORY = {"004": "message_engagement", "000": "customer_behavior", "002": "customer_behavior"}
+PARTNERS = ("amplitude", "mixpanel", "mparticle", "segment")
+# Fields the newer glossaries mark required on every event; used for the one old-format
+# seed (002) that gives types but not required/optional.
+ALWAYS_REQUIRED = ("id", "user_id", "time")
+TYPE_NAMES = {"string": "string", "int": "int", "long": "long", "float": "float",
+              "boolean": "boolean", "array of string": "array<string>", "bool": "boolean"}
+
+_SPEC = re.compile(r"^\((required|optional), ([^)]+)\)\s*(\[PII\])?\s*(.*)$", re.S)
+_HEADER = re.compile(r"^//\s*(?:(?P<display>.+?)\s*[:(]\s*)?(?P<type>users\.[A-Za-z0-9_.]+)\)?\s*$")
+_LOOSE_FIELD = re.compile(r'^\s*"(?P<name>[^"]+?)\s*"\s*:\s*\((?P<type>[^)]+)\)\s*(?P<desc>.*?),?\s*$')
+
+
+def _blocks(text: str):
+    """Yield (header, start, body) for every ``// header`` followed by a ``{...}`` block."""
+    for m in re.finditer(r"^//[^\n]*users\.[^\n]*$", text, re.M):
+        header = m.group(0).strip()
+        brace = text.find("{", m.end())
+        if brace < 0 or text[m.end():brace].strip():
+            continue
+        try:
+            body, _ = json.JSONDecoder().raw_decode(text, brace)
+        except json.JSONDecodeError:
+            body = _parse_loose(text, brace)
+        yield header, m.start(), body
+
+
+def _parse_loose(text: str, brace: int) -> dict[str, str]:
+    """Old-format blocks (``"field": (type) description,``) as strict-format specs."""
+    end = text.index("\n}", brace)
+    fields = {}
+    for line in text[brace + 1:end].splitlines():
+        m = _LOOSE_FIELD.match(line)
+        if m:
+            name = m.group("name").strip()
+            kind = TYPE_NAMES.get(m.group("type").strip().lower(), m.group("type").strip())
+            req = "required" if name in ALWAYS_REQUIRED else "optional"
+            fields[name] = f"({req}, {kind}) {m.group('desc').strip()}"
+    return fields
+
+
+def _kind_of(body: dict[str, Any]) -> str:
+    """Which tab a block belongs to, from its shape (the web-copy seed has no tab names)."""
+    if "schema_version" in body and "events" in body:
+        return "mparticle"
+    if "anonymousId" in body or "messageId" in body:
+        return "segment"
+    if "insert_id" in body and "event_type" in body:
+        return "amplitude"
+    if "event" in body and isinstance(body.get("properties"), dict):
+        return "mixpanel"
+    return "storage"
+
+
+def parse_spec(spec: str) -> dict[str, Any]:
+    m = _SPEC.match(spec.strip())
+    if not m:
+        raise ValueError(f"unparseable field spec: {spec!r}")
+    required, kind, pii, desc = m.groups()
+    return {"type": TYPE_NAMES[kind.strip()], "required": required == "required",
+            "pii": bool(pii), "description": desc.strip()}
+
+
+def _tab_before(text: str, pos: int) -> str | None:
+    tab = text.rfind("{% tab ", 0, pos)
+    api = text.rfind("{% api %}", 0, pos)
+    if tab < 0 or tab < api:
+        return None
+    return text[tab + 7:text.index("%}", tab)].strip()
+
+
+def build(seeds: Path) -> tuple[dict, dict]:
+    files = {p.name[:3]: p for p in sorted(seeds.glob("0*.txt"))}
+    events: dict[str, dict] = {}
+    templates: dict[str, dict] = {}
+    digests = {}
+    pii_fields: set[str] = set()
+    for key in SEED_ORDER:
+        path = files[key]
+        text = path.read_text(encoding="utf-8")
+        digests[path.name] = hashlib.sha256(text.encode()).hexdigest()
+        for header, pos, body in _blocks(text):
+            m = _HEADER.match(header)
+            if not m:
+                raise ValueError(f"{path.name}: unparseable header {header!r}")
+            etype, display = m.group("type"), m.group("display")
+            kind = _kind_of(body)
+            tab = _tab_before(text, pos)
+            if tab and kind != "storage" and tab.lower() != kind:
+                raise ValueError(f"{path.name}: {header!r} in tab {tab!r} looks like {kind}")
+            if kind == "storage":
+                if etype in events:
+                    continue  # documented by a newer seed already
+                fields = {name: parse_spec(spec) for name, spec in body.items()}
+                events[etype] = {"category": CATEGORY[key], "seed": path.name,
+                                 "fields": dict(sorted(fields.items()))}
+                if key != "002":
+                    pii_fields.update(n for n, f in fields.items() if f["pii"])
+            else:
+                per_type = templates.setdefault(etype, {})
+                if kind not in per_type:
+                    per_type[kind] = {"name": display, "seed": path.name, "template": body}
+    # The old-format seed has no [PII] marks: carry them over by field name.
+    for spec in events.values():
+        if spec["seed"].startswith("002"):
+            for name, field in spec["fields"].items():
+                field["pii"] = name in pii_fields
+    catalogue = {
+        "generated_by": "python -m schemas.build_from_seeds",
+        "seeds": digests,
+        "event_types": dict(sorted(events.items())),
+    }
+    partner_templates = {
+        "generated_by": "python -m schemas.build_from_seeds",
+        "event_types": {t: dict(sorted(v.items())) for t, v in sorted(templates.items())},
+    }
+    return catalogue, partner_templates
+
+
+def _dump(obj: Any) -> str:
+    return json.dumps(obj, indent=1, ensure_ascii=False, sort_keys=False) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=Path, default=DEFAULT_SEEDS, help="folder of seed pages")
+    ap.add_argument("--check", action="store_true",
+                    help="compare with the committed files instead of writing them")
+    args = ap.parse_args(argv)
+    if not args.seeds.is_dir():
+        print(f"error: seeds folder not found: {args.seeds}", file=sys.stderr)
+        return 2
+    outputs = dict(zip((CATALOGUE, TEMPLATES), map(_dump, build(args.seeds))))
+    if args.check:
+        stale = [p.name for p, text in outputs.items()
+                 if not p.exists() or p.read_text(encoding="utf-8") != text]
+        if stale:
+            print(f"out of date with the seeds: {', '.join(stale)}", file=sys.stderr)
+            return 1
+        print("schemas match the seeds")
+        return 0
+    for path, text in outputs.items():
+        path.write_text(text, encoding="utf-8")
+    cat = json.loads(outputs[CATALOGUE])
+    print(f"wrote {CATALOGUE.name}: {len(cat['event_types'])} event types; {TEMPLATES.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Braze Currents -> clean events and partner payloads, on Apache Beam.
+
+``pip install .`` (or ``-e .``); the schema catalogue, partner mappings and the sample
+export are package data, so a wheel is all a Dataflow worker needs (``--setup_file``).
+"""
+import os
+
+from setuptools import find_packages, setup
+
+
+def data_files(package: str, folder: str) -> list[str]:
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), package)
+    found = []
+    for dirpath, _, files in os.walk(os.path.join(root, folder)):
+        found += [os.path.relpath(os.path.join(dirpath, f), root) for f in files]
+    return sorted(found)
+
+
+setup(
+    name="braze-currents-beam",
+    version="0.1.0",
+    description="Braze Currents exports -> validated, deduplicated events for "
+                "Amplitude, Mixpanel, mParticle and Segment, on Apache Beam",
+    python_requires=">=3.11",
+    packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*",
+                                    "schemas", "schemas.*"]),
+    package_data={
+        "schemas": ["*.json", "partners/*.json"],
+        "pipelines": data_files("pipelines", "sample_export"),
+    },
+    install_requires=[
+        "apache-beam[gcp]==2.77.0",
+        "fastavro>=1.9",
+        "pydantic>=2.6,<3",
+        "google-cloud-storage>=2.14",
+        "orjson>=3.9",
+        "zstandard>=0.22",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6.100", "gcp-storage-emulator>=2024.8.3",
+                 "pdoc>=14"],
+    },
+    entry_points={"console_scripts": [
+        "currents-to-partners=pipelines.currents_to_partners:main"]},
+)

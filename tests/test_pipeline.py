@@ -1,0 +1,112 @@
+"""The whole pipeline and its command line, on the bundled sample and on small exports."""
+import json
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from pipelines.currents_to_partners import run
+from pipelines.options import bundled_sample
+from tests.conftest import REPO, read_ndjson
+from transforms.testing import make_record, write_export
+
+CLICK = "users.messages.email.Click"
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sample") / "output"
+    assert run(["--output", str(out)]) == 0
+    return out
+
+
+def test_sample_run_outputs_and_summary(sample_run, catalogue):
+    summary = json.loads((sample_run / "summary.json").read_text())
+    events = read_ndjson(sample_run / "events")
+    dead = read_ndjson(sample_run / "dead_letter")
+    dups = read_ndjson(sample_run / "duplicates")
+    # conservation, proven by the outputs themselves
+    assert summary["rows_read"] == summary["valid"] + summary["invalid"] + summary[
+        "duplicates_dropped"]
+    assert summary["conservation_ok"]
+    assert (len(events), len(dead), len(dups)) == (
+        summary["valid"], summary["invalid"], summary["duplicates_dropped"])
+    # every documented type is in the sample, plus one type Braze added later
+    assert set(catalogue.event_types) < set(summary["by_event_type"])
+    assert summary["unknown_event_types"] == {"users.UserOrphan": 3}
+    assert Counter(e["event_type"] for e in events) == summary["by_event_type"]
+    keys = [(e["event_type"], e["id"]) for e in events]
+    assert len(keys) == len(set(keys))
+    assert summary["dead_letter_reasons"] == {
+        "implausible_time": 1, "invalid_properties_json": 1, "null_required_field": 1,
+        "properties_not_object": 1}
+    for d in dead:
+        assert set(d) == {"reason", "event_type", "source", "row", "error", "record"}
+        assert d["source"].endswith(".avro") and d["record"]["id"]
+    # anonymous users are there and counted per partner
+    anonymous = sum(1 for e in events if e.get("external_user_id") is None)
+    assert anonymous > 0.2 * len(events)
+    assert summary["partners"]["mixpanel"]["not_eligible"] == anonymous
+    for p in summary["partners"].values():
+        assert p["eligible"] + p["not_eligible"] == summary["valid"]
+    # the newer schema's extra field is kept
+    assert any(e.get("bot_score") == 0.93 for e in events)
+    assert not (sample_run / "_temporary").exists()
+
+
+def test_rerun_is_byte_identical(sample_run, tmp_path):
+    again = tmp_path / "again"
+    assert run(["--output", str(again)]) == 0
+    files = sorted(p.relative_to(sample_run) for p in sample_run.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    for rel in files:
+        assert (sample_run / rel).read_bytes() == (again / rel).read_bytes(), rel
+
+
+def test_conservation_with_duplicates_everywhere(tmp_path):
+    rows = [make_record(CLICK, seed=i) for i in range(30)]
+    write_export(tmp_path / "in", [
+        {"event_type": CLICK, "rows": rows + rows[:5], "offset": 1},
+        {"event_type": CLICK, "rows": rows[10:20], "hour": "2026-11-24-09", "offset": 2},
+        {"event_type": CLICK, "rows": [{**rows[0], "time": 0}], "hour": "2026-11-24-10"},
+    ])
+    assert run(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                "--shards", "3"]) == 0
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert (s["rows_read"], s["valid"], s["invalid"], s["duplicates_dropped"]) == (46, 30, 1, 15)
+
+
+def test_cli_help_explains_the_options():
+    out = subprocess.run([sys.executable, "-m", "pipelines.currents_to_partners", "--help"],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0
+    for option in ("--input", "--output", "--partners", "--shards", "--runner",
+                   "--direct_num_workers", "summary.json", "dead_letter/"):
+        assert option in out.stdout
+
+
+def test_no_avro_files_is_one_clear_line(tmp_path, capsys):
+    assert run(["--input", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no .avro files") and "\n" not in err
+
+
+def test_unwritable_output_is_one_clear_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert run(["--input", bundled_sample(), "--output", str(blocker / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot write to") and "\n" not in err
+
+
+def test_bad_options_are_one_clear_line(capsys):
+    assert run(["--partners", "amplitude,tiktok"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "tiktok" in err and "\n" not in err
+
+
+def test_summary_table_is_printed(sample_run, tmp_path, capsys):
+    assert run(["--output", str(tmp_path / "o")]) == 0
+    printed = capsys.readouterr().out
+    assert "Run summary" in printed and "duplicates dropped" in printed

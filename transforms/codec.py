@@ -1,0 +1,48 @@
+"""Serialisation used between steps: canonical JSON lines and compact shuffle values.
+
+Every event is serialised once, right after validation, to canonical JSON (sorted keys,
+orjson); those bytes are what dedup compares, what is shuffled and what ``events/``
+holds. Shuffled values are whole batches, pickled and compressed, so the shuffle pays
+per batch rather than per event and the local runner keeps a fraction of the bytes.
+"""
+from __future__ import annotations
+
+import base64
+import datetime
+import decimal
+import pickle
+import uuid
+from typing import Any
+
+import orjson
+import zstandard
+
+_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+
+
+def _default(value: Any) -> Any:
+    """JSON for what Avro can hold but JSON cannot (bytes/fixed, decimals, uuids)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, (decimal.Decimal, uuid.UUID)):
+        return str(value)
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def dumps(obj: Any) -> bytes:
+    """Canonical JSON: sorted keys, compact, UTF-8; the same object gives the same bytes."""
+    return orjson.dumps(obj, default=_default, option=_OPTS)
+
+
+loads = orjson.loads
+
+
+def pack(obj: Any) -> bytes:
+    """A compact, compressed value for a shuffle (our own data only: pickle is safe here)."""
+    return zstandard.ZstdCompressor(level=1).compress(pickle.dumps(obj, protocol=5))
+
+
+def unpack(blob: bytes) -> Any:
+    return pickle.loads(zstandard.ZstdDecompressor().decompress(blob))

@@ -1,0 +1,110 @@
+"""DeduplicateEvents: exactly one event per (event_type, id), chosen deterministically.
+
+Currents delivers at least once, so the same event can appear twice in a file, in two
+files, or in two hours. Events are hashed (a stable CRC32, not Python's per-process
+hash) into ``num_shards`` shards; each validated batch sends one compressed value per
+shard through a single GroupByKey, so the shuffle pays per batch, not per event. Within
+a shard the survivor of a key is the copy with the smallest canonical JSON (then the
+smallest source path and row): the same rows in any order, split into any files, give
+the same survivor. Survivors come out sorted by key, so each shard's output is
+byte-identical from run to run and runner to runner.
+"""
+from __future__ import annotations
+
+import zlib
+from collections import Counter, defaultdict
+from typing import Any, Iterable, Iterator
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from transforms import codec
+from transforms.types import DUPLICATES, STATS, ShardLines, ValidBatch
+
+
+def shard_of(event_type: str, event_id: str, num_shards: int) -> int:
+    """Stable across processes, machines and Python versions."""
+    return zlib.crc32(f"{event_type}\x00{event_id}".encode("utf-8", "surrogatepass")) % num_shards
+
+
+class _ScatterToShards(beam.DoFn):
+    def __init__(self, num_shards: int):
+        self._num_shards = num_shards
+
+    def process(self, batch: ValidBatch) -> Iterator[tuple[int, bytes]]:
+        source, items = batch
+        by_shard: dict[int, list] = defaultdict(list)
+        n = self._num_shards
+        for row, event_type, event_id, payload in items:
+            by_shard[shard_of(event_type, event_id, n)].append(
+                (event_type, event_id, payload, row))
+        for shard, entries in by_shard.items():
+            yield shard, codec.pack((source, entries))
+
+
+class _KeepOnePerKey(beam.DoFn):
+    """All copies of a shard's keys -> sorted survivors, plus one line per dropped copy."""
+
+    def __init__(self):
+        self._dropped = Metrics.counter("currents", "duplicates_dropped")
+
+    def process(self, element: tuple[int, Iterable[bytes]]) -> Iterator[Any]:
+        shard, blobs = element
+        best: dict[tuple[str, str], tuple[bytes, str, int]] = {}
+        dropped: list[tuple[tuple[str, str], bytes, str, int]] = []
+        for blob in blobs:
+            source, entries = codec.unpack(blob)
+            for event_type, event_id, payload, row in entries:
+                key = (event_type, event_id)
+                copy = (payload, source, row)
+                kept = best.get(key)
+                if kept is None:
+                    best[key] = copy
+                elif copy < kept:
+                    best[key] = copy
+                    dropped.append((key, *kept))
+                else:
+                    dropped.append((key, *copy))
+        stats: Counter = Counter(valid=len(best), duplicates_dropped=len(dropped))
+        keys = sorted(best)
+        for key in keys:
+            stats[f"by_event_type/{key[0]}"] += 1
+        yield shard, [best[k][0] for k in keys]
+        if dropped:
+            lines = []
+            for key, payload, source, row in sorted(dropped, key=lambda d: (d[0], d[2], d[3])):
+                kept_payload, kept_source, kept_row = best[key]
+                conflicting = payload != kept_payload
+                stats["conflicting_duplicates"] += conflicting
+                lines.append(codec.dumps({
+                    "event_type": key[0], "id": key[1], "source": source, "row": row,
+                    "kept_source": kept_source, "kept_row": kept_row,
+                    "conflicting": conflicting, "record": codec.loads(payload)}))
+            yield beam.pvalue.TaggedOutput(DUPLICATES, (shard, lines))
+        self._dropped.inc(len(dropped))
+        yield beam.pvalue.TaggedOutput(STATS, dict(stats))
+
+
+class DeduplicateEvents(beam.PTransform):
+    """Keep one event per (event_type, id).
+
+    Input: ValidBatch ``(source, [(row, event_type, id, canonical_json)])``.
+    Output (main, ``events``): ShardLines ``(shard, [canonical_json, ...])`` sorted by key,
+    one element per non-empty shard; tagged ``duplicates``: ShardLines of JSON lines
+    ``{event_type, id, source, row, kept_source, kept_row, conflicting, record}``; tagged
+    ``stats``: counters (valid, duplicates_dropped, conflicting_duplicates, by_event_type).
+    """
+
+    def __init__(self, num_shards: int = 8):
+        super().__init__()
+        if num_shards < 1:
+            raise ValueError("num_shards must be >= 1")
+        self._num_shards = num_shards
+
+    def expand(self, valid):
+        return (
+            valid
+            | "ScatterToShards" >> beam.ParDo(_ScatterToShards(self._num_shards))
+            | "GroupByShard" >> beam.GroupByKey()
+            | "KeepOnePerKey" >> beam.ParDo(_KeepOnePerKey()).with_outputs(
+                DUPLICATES, STATS, main="events"))

@@ -1,0 +1,136 @@
+"""ReadCurrentsExport: every ``.avro`` under a prefix -> batches of raw Currents rows.
+
+Files are matched recursively through Beam's ``FileSystems`` (local paths and gs:// alike)
+and decoded with fastavro using each file's own writer schema, so files written with
+different schema ids read side by side. Rows travel in batches: Beam pays per element,
+so one element carries up to ``batch_size`` rows of one file.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Iterator
+
+import apache_beam as beam
+import fastavro
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.types import FILE_REPORTS, FileReport, RowBatch
+
+_EVENT_TYPE_SEGMENT = re.compile(r"(?:^|/)event_type=([^/]+)/")
+_SCHEMA_ID_SEGMENT = re.compile(r"/date=[^/]+/([^/]+)/")
+
+
+def export_pattern(path: str) -> str:
+    """The glob that matches every Avro file under ``path`` (or ``path`` itself)."""
+    if path.endswith(".avro") or any(c in path for c in "*?["):
+        return path
+    return path.rstrip("/") + "/**.avro"
+
+
+def has_export_files(path: str) -> bool:
+    """Whether at least one Avro file matches (checked before a run starts)."""
+    return bool(FileSystems.match([export_pattern(path)], limits=[1])[0].metadata_list)
+
+
+def event_type_from_path(path: str) -> str | None:
+    m = _EVENT_TYPE_SEGMENT.search(path)
+    return m.group(1) if m else None
+
+
+def event_type_from_schema(schema: Any) -> str | None:
+    """``dataexport.S3.inner.users.messages.email.Click`` -> ``users.messages.email.Click``."""
+    if not isinstance(schema, dict):
+        return None
+    name, namespace = schema.get("name") or "", schema.get("namespace") or ""
+    full = name if "." in name or not namespace else f"{namespace}.{name}"
+    if full.startswith("users."):
+        return full
+    idx = full.find(".users.")
+    return full[idx + 1:] if idx >= 0 else None
+
+
+class _ReadAvroFile(beam.DoFn):
+    """One file -> RowBatch elements, and one FileReport on the ``files`` output."""
+
+    def __init__(self, batch_size: int):
+        self._batch_size = batch_size
+
+    def process(self, path: str) -> Iterator[Any]:
+        report: FileReport = {"source": path, "rows": 0, "event_type": None,
+                              "schema_id": None, "reason": None, "error": None}
+        m = _SCHEMA_ID_SEGMENT.search(path)
+        report["schema_id"] = m.group(1) if m else None
+        try:
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fo:
+                yield from self._read(fo, path, report)
+        except Exception as exc:  # a broken file is reported, never fatal
+            reason = report["reason"] or _classify(exc, report["rows"])
+            report.update(reason=reason, error=f"{type(exc).__name__}: {exc}")
+        yield beam.pvalue.TaggedOutput(FILE_REPORTS, report)
+
+    def _read(self, fo, path: str, report: FileReport) -> Iterator[RowBatch]:
+        head = fo.read(4)
+        if not head:
+            report["reason"], report["error"] = "empty_file", "zero-byte file"
+            return
+        if head != b"Obj\x01":
+            report["reason"], report["error"] = "not_avro", "no Avro header (magic bytes)"
+            return
+        fo.seek(0)
+        reader = fastavro.block_reader(fo)
+        from_path = event_type_from_path(path)
+        from_schema = event_type_from_schema(reader.writer_schema)
+        event_type = from_path or from_schema or "unknown"
+        report["event_type"] = event_type
+        problem = None
+        if from_path and from_schema and from_path != from_schema:
+            problem = ("event_type_mismatch",
+                       f"path says {from_path}, writer schema says {from_schema}")
+        batch: list[dict] = []
+        first = 0
+        for block in reader:
+            for record in block:
+                batch.append(record)
+            report["rows"] += block.num_records
+            if len(batch) >= self._batch_size:
+                yield (event_type, path, first, batch, problem)
+                first += len(batch)
+                batch = []
+        if batch:
+            yield (event_type, path, first, batch, problem)
+        if report["rows"] == 0:
+            report["reason"], report["error"] = "no_rows", "Avro header but no data blocks"
+
+
+def _classify(exc: Exception, rows: int) -> str:
+    if isinstance(exc, (EOFError, StopIteration)) or "sync marker" in str(exc):
+        return "truncated_file"
+    if isinstance(exc, UnicodeDecodeError):
+        return "invalid_utf8"
+    return "unreadable_file"
+
+
+class ReadCurrentsExport(beam.PTransform):
+    """Read a Currents export.
+
+    Input: the pipeline root. ``path`` is a folder or prefix (local or gs://), a single
+    ``.avro`` file, or a glob.
+    Output (main): RowBatch = ``(event_type, source, first_row, rows, problem)``; tagged
+    ``files``: one FileReport per file (rows read, or why the file could not be read).
+    """
+
+    def __init__(self, path: str, batch_size: int = 2000):
+        super().__init__()
+        self._pattern = export_pattern(path)
+        self._batch_size = batch_size
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "MatchFiles" >> fileio.MatchFiles(self._pattern, fileio.EmptyMatchTreatment.ALLOW)
+            | "Paths" >> beam.Map(lambda meta: meta.path)
+            | "Spread" >> beam.Reshuffle()
+            | "Decode" >> beam.ParDo(_ReadAvroFile(self._batch_size)).with_outputs(
+                FILE_REPORTS, main="rows"))

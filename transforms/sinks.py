@@ -1,0 +1,152 @@
+"""Sinks: shard files written to a temporary folder, committed together at the end.
+
+Every output is NDJSON in ``part-SSSSS-of-NNNNN.ndjson`` files whose names and contents
+depend only on the input, so reruns are byte-identical on every runner. Files are
+written under ``<output>/_temporary/<run>/`` and moved into place only when the whole
+run has succeeded; ``summary.json`` is written last and is the completion marker. A run
+that dies part-way leaves no summary and no half-written output folders.
+"""
+from __future__ import annotations
+
+import zlib
+from typing import Any, Callable, Iterable, Iterator
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from transforms import codec
+from transforms.types import ShardLines
+
+SUMMARY = "summary.json"
+TEMPORARY = "_temporary"
+
+
+def shard_name(shard: int, num_shards: int) -> str:
+    return f"part-{shard:05d}-of-{num_shards:05d}.ndjson"
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    with FileSystems.create(path, mime_type="application/x-ndjson",
+                            compression_type=CompressionTypes.UNCOMPRESSED) as fo:
+        fo.write(data)
+
+
+def _mkdirs(path: str) -> None:
+    try:
+        FileSystems.mkdirs(path)
+    except OSError:
+        pass  # already there; object stores have no folders
+
+
+class _WriteShard(beam.DoFn):
+    def __init__(self, temp_dir: str, folder: str, num_shards: int):
+        self._temp_dir, self._folder, self._num_shards = temp_dir, folder, num_shards
+
+    def process(self, element: ShardLines) -> Iterator[str]:
+        shard, lines = element
+        if not lines:
+            return
+        relative = f"{self._folder}/{shard_name(shard, self._num_shards)}"
+        write_bytes(FileSystems.join(self._temp_dir, relative), b"\n".join(lines) + b"\n")
+        yield relative
+
+
+class WriteShards(beam.PTransform):
+    """ShardLines -> one file per shard under ``<temp_dir>/<folder>/``; outputs relative paths."""
+
+    def __init__(self, temp_dir: str, folder: str, num_shards: int):
+        super().__init__()
+        self._args = (temp_dir, folder, num_shards)
+
+    def expand(self, shard_lines):
+        return shard_lines | "Write" >> beam.ParDo(_WriteShard(*self._args))
+
+
+class ShardRecords(beam.PTransform):
+    """Loose records -> ShardLines, sorted within each shard, for a deterministic file.
+
+    ``shard_key`` gives the stable text that picks the shard; ``sort_key`` orders lines.
+    """
+
+    def __init__(self, num_shards: int, shard_key: Callable[[Any], str],
+                 sort_key: Callable[[Any], Any]):
+        super().__init__()
+        self._num_shards, self._shard_key, self._sort_key = num_shards, shard_key, sort_key
+
+    def expand(self, records):
+        n, shard_key, sort_key = self._num_shards, self._shard_key, self._sort_key
+
+        def to_lines(element: tuple[int, Iterable[Any]]) -> ShardLines:
+            shard, items = element
+            return shard, [codec.dumps(r) for r in sorted(items, key=sort_key)]
+
+        return (
+            records
+            | "KeyByShard" >> beam.Map(
+                lambda r: (zlib.crc32(shard_key(r).encode("utf-8", "surrogatepass")) % n, r))
+            | "GroupByShard" >> beam.GroupByKey()
+            | "SortLines" >> beam.Map(to_lines))
+
+
+class _Commit(beam.DoFn):
+    def __init__(self, output: str, temp_dir: str, folders: tuple[str, ...],
+                 make_summary: Callable[[dict], dict]):
+        self._output, self._temp_dir = output, temp_dir
+        self._folders, self._make_summary = folders, make_summary
+
+    def process(self, _: Any, written: list[str], stats: dict) -> Iterator[dict]:
+        summary = self._make_summary(stats)
+        out = self._output
+        final_summary = FileSystems.join(out, SUMMARY)
+        if FileSystems.exists(final_summary):  # no longer complete from here on
+            FileSystems.delete([final_summary])
+        for folder in self._folders:  # outputs of an earlier run into the same place
+            old = FileSystems.match([FileSystems.join(out, folder, "part-*")])[0].metadata_list
+            if old:
+                FileSystems.delete([m.path for m in old])
+            _mkdirs(FileSystems.join(out, folder))
+        if written:
+            FileSystems.rename([FileSystems.join(self._temp_dir, p) for p in sorted(written)],
+                               [FileSystems.join(out, p) for p in sorted(written)])
+        write_bytes(final_summary, summary_bytes(summary))
+        _remove_temporary(self._temp_dir, FileSystems.join(out, TEMPORARY))
+        yield summary
+
+
+def _remove_temporary(temp_dir: str, parent: str) -> None:
+    """Delete this run's temporary folder, and ``_temporary`` itself once it is empty."""
+    try:
+        FileSystems.delete([temp_dir])
+        if not FileSystems.match([FileSystems.join(parent, "**")])[0].metadata_list:
+            FileSystems.delete([parent])
+    except Exception:  # leftovers in _temporary are harmless: the run is complete
+        pass
+
+
+def summary_bytes(summary: dict) -> bytes:
+    import json
+    return (json.dumps(summary, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+class CommitOutputs(beam.PTransform):
+    """Move every written shard into ``output`` and write ``summary.json`` last.
+
+    Input: the pipeline root. ``written``: PCollection of paths relative to ``temp_dir``;
+    ``stats``: single-element PCollection of merged counters; ``make_summary`` turns the
+    counters into the summary dict. Output: the summary dict.
+    """
+
+    def __init__(self, output: str, temp_dir: str, folders: tuple[str, ...], written, stats,
+                 make_summary: Callable[[dict], dict]):
+        super().__init__()
+        self._args = (output, temp_dir, tuple(folders), make_summary)
+        self._written, self._stats = written, stats
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "Once" >> beam.Create([None])
+            | "Commit" >> beam.ParDo(_Commit(*self._args),
+                                     written=beam.pvalue.AsList(self._written),
+                                     stats=beam.pvalue.AsSingleton(self._stats)))

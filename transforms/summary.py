@@ -1,0 +1,111 @@
+"""The run summary: counters from every step, merged, checked and rendered.
+
+Each step emits flat counters (``{"valid": 3, "by_event_type/<type>": 2}``) as data, so
+the summary is right on every runner (Beam metrics are best-effort on some). The
+summary proves conservation: ``rows_read == valid + invalid + duplicates_dropped``.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Iterable
+
+import apache_beam as beam
+
+from transforms.types import FileReport, Stats
+
+
+class MergeStats(beam.CombineFn):
+    """Sum flat counters."""
+
+    def create_accumulator(self) -> Counter:
+        return Counter()
+
+    def add_input(self, acc: Counter, stats: Stats) -> Counter:
+        acc.update(stats)
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[Counter]) -> Counter:
+        total: Counter = Counter()
+        for acc in accs:
+            total.update(acc)
+        return total
+
+    def extract_output(self, acc: Counter) -> dict:
+        return dict(acc)
+
+
+def file_stats(report: FileReport) -> Stats:
+    stats = {"files_read": 1}
+    if report["reason"]:
+        stats[f"file_errors/{report['reason']}"] = 1
+    return stats
+
+
+def _group(stats: dict, prefix: str) -> dict[str, int]:
+    return {k[len(prefix):]: v for k, v in sorted(stats.items()) if k.startswith(prefix)}
+
+
+def build_summary(stats: dict, partners: Iterable[str] = (), **extra: Any) -> dict:
+    """The summary.json document from merged counters."""
+    rows_read = stats.get("rows_read", 0)
+    valid, invalid = stats.get("valid", 0), stats.get("invalid", 0)
+    dropped = stats.get("duplicates_dropped", 0)
+    summary = {
+        "rows_read": rows_read,
+        "valid": valid,
+        "invalid": invalid,
+        "duplicates_dropped": dropped,
+        "conflicting_duplicates": stats.get("conflicting_duplicates", 0),
+        "conservation_ok": rows_read == valid + invalid + dropped,
+        "unknown_event_types": _group(stats, "unknown_rows/"),
+        "by_event_type": _group(stats, "by_event_type/"),
+        "dead_letter_reasons": _group(stats, "dead_letter_reasons/"),
+        "files": {"read": stats.get("files_read", 0),
+                  "with_errors": sum(_group(stats, "file_errors/").values()),
+                  "error_reasons": _group(stats, "file_errors/")},
+        "partners": {},
+    }
+    for partner in partners:
+        not_eligible = _group(stats, f"partners/{partner}/not_eligible/")
+        summary["partners"][partner] = {
+            "eligible": stats.get(f"partners/{partner}/eligible", 0),
+            "not_eligible": sum(not_eligible.values()),
+            "not_eligible_reasons": not_eligible,
+        }
+    summary.update(extra)
+    return summary
+
+
+def render_table(summary: dict) -> str:
+    """The summary as a readable table for the end of a run."""
+    rows: list[tuple[str, Any]] = [
+        ("rows read", summary["rows_read"]),
+        ("valid (unique events written)", summary["valid"]),
+        ("invalid (dead letter)", summary["invalid"]),
+        ("duplicates dropped", summary["duplicates_dropped"]),
+        ("  of which conflicting", summary["conflicting_duplicates"]),
+        ("conservation rows = valid+invalid+dups",
+         "ok" if summary["conservation_ok"] else "BROKEN"),
+        ("files read", summary["files"]["read"]),
+        ("files with errors", summary["files"]["with_errors"]),
+    ]
+    for reason, n in summary["files"]["error_reasons"].items():
+        rows.append((f"  file: {reason}", n))
+    for reason, n in summary["dead_letter_reasons"].items():
+        rows.append((f"  dead letter: {reason}", n))
+    for etype, n in summary["unknown_event_types"].items():
+        rows.append((f"  unknown type: {etype}", n))
+    for partner, p in summary["partners"].items():
+        rows.append((f"{partner}: eligible / not", f"{p['eligible']} / {p['not_eligible']}"))
+        for reason, n in p["not_eligible_reasons"].items():
+            rows.append((f"  {partner} skipped: {reason}", n))
+    width = max(len(k) for k, _ in rows)
+    lines = ["Run summary", "-" * (width + 12)]
+    lines += [f"{k.ljust(width)}  {v:>9}" if isinstance(v, int) else f"{k.ljust(width)}  {v:>9}"
+              for k, v in rows]
+    types = summary["by_event_type"]
+    if types:
+        lines.append("-" * (width + 12))
+        lines.append(f"{len(types)} event types; largest: " + ", ".join(
+            f"{t.split('.', 1)[-1]} {n}" for t, n in sorted(types.items(), key=lambda kv: -kv[1])[:5]))
+    return "\n".join(lines)

@@ -1,0 +1,147 @@
+"""ValidateEvents: raw rows -> canonical valid events, or dead letter with a reason.
+
+What "valid" means is the pydantic model derived from the catalogue for the row's event
+type: required fields present and non-null, every documented field of its documented
+type, ``time`` a plausible epoch in seconds, ``properties`` a JSON-object string. Fields
+Braze adds later are kept; event types not in the catalogue pass unvalidated (they only
+need an ``id`` to be deduplicated) and are counted as unknown.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Iterator
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from pydantic import ValidationError
+
+from schemas.catalogue import Catalogue, event_model, load_catalogue
+from transforms import codec
+from transforms.types import DEAD_LETTER, STATS, DeadLetter, Record, RowBatch, ValidBatch
+
+# Braze's partner connectors drop events whose payload is over 900 KB.
+MAX_PAYLOAD_BYTES = 900 * 1024
+
+# Dead-letter reasons, most fundamental first: a row gets the first that applies.
+REASONS = (
+    "event_type_mismatch",
+    "missing_required_field",
+    "null_required_field",
+    "wrong_type",
+    "implausible_time",
+    "invalid_properties_json",
+    "properties_not_object",
+    "payload_too_large",
+)
+_PYDANTIC_REASON = {
+    "missing": "missing_required_field",
+    "greater_than_equal": "implausible_time",
+    "less_than": "implausible_time",
+    "properties_not_json": "invalid_properties_json",
+    "properties_not_object": "properties_not_object",
+}
+
+
+def reason_for(errors: list[dict[str, Any]], record: Record, required: set[str]) -> str:
+    """The machine-readable reason for a pydantic error list (first in ``REASONS`` order)."""
+    found = set()
+    for err in errors:
+        field = err["loc"][0] if err["loc"] else None
+        if err["type"] in _PYDANTIC_REASON:
+            found.add(_PYDANTIC_REASON[err["type"]])
+        elif field in required and record.get(field) is None:
+            found.add("null_required_field")
+        else:
+            found.add("wrong_type")
+    return min(found, key=REASONS.index)
+
+
+def describe(errors: list[dict[str, Any]]) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in errors)
+
+
+class _Validator:
+    """Validates rows against the catalogue; built once per worker (in ``setup``)."""
+
+    def __init__(self, catalogue: Catalogue):
+        self._catalogue = catalogue
+        self._models: dict[str, Any] = {}
+        self._required: dict[str, set[str]] = {}
+
+    def check(self, event_type: str, record: Record) -> tuple[str, str] | None:
+        """None if valid, else (reason, message)."""
+        spec = self._catalogue.get(event_type)
+        if spec is None:
+            if not isinstance(record.get("id"), str) or not record["id"]:
+                return "missing_required_field", "id: an event needs a string id"
+            return None
+        model = self._models.get(event_type)
+        if model is None:
+            model = self._models[event_type] = event_model(event_type, spec)
+            self._required[event_type] = set(spec.required)
+        try:
+            model.model_validate(record)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_context=False)
+            return reason_for(errors, record, self._required[event_type]), describe(errors)
+        return None
+
+
+class _ValidateBatch(beam.DoFn):
+    def __init__(self, catalogue: Catalogue | None):
+        self._catalogue = catalogue
+        self._invalid = Metrics.counter("currents", "invalid_rows")
+        self._rows = Metrics.counter("currents", "rows_read")
+
+    def setup(self):
+        self._validator = _Validator(self._catalogue or load_catalogue())
+
+    def process(self, batch: RowBatch) -> Iterator[Any]:
+        event_type, source, first_row, rows, problem = batch
+        known = event_type in self._validator._catalogue
+        valid = []
+        stats: Counter = Counter(rows_read=len(rows))
+        for offset, record in enumerate(rows):
+            row = first_row + offset
+            verdict = problem or self._validator.check(event_type, record)
+            payload = b""
+            if verdict is None:
+                payload = codec.dumps({**record, "event_type": event_type})
+                if len(payload) > MAX_PAYLOAD_BYTES:
+                    verdict = ("payload_too_large",
+                               f"payload is {len(payload)} bytes, over {MAX_PAYLOAD_BYTES}")
+            if verdict is None:
+                valid.append((row, event_type, record["id"], payload))
+                continue
+            reason, message = verdict
+            stats[f"dead_letter_reasons/{reason}"] += 1
+            stats["invalid"] += 1
+            dead: DeadLetter = {"reason": reason, "event_type": event_type, "source": source,
+                                "row": row, "error": message, "record": record}
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead)
+        if not known:
+            stats[f"unknown_rows/{event_type}"] += len(rows)
+        self._rows.inc(len(rows))
+        self._invalid.inc(stats["invalid"])
+        if valid:
+            out: ValidBatch = (source, valid)
+            yield out
+        yield beam.pvalue.TaggedOutput(STATS, dict(stats))
+
+
+class ValidateEvents(beam.PTransform):
+    """Validate raw Currents rows against the catalogue.
+
+    Input: RowBatch ``(event_type, source, first_row, rows, problem)``.
+    Output (main, ``valid``): ValidBatch ``(source, [(row, event_type, id, canonical_json)])``;
+    tagged ``dead_letter``: DeadLetter dicts ``{reason, event_type, source, row, error,
+    record}``; tagged ``stats``: counters. ``catalogue`` defaults to the packaged one.
+    """
+
+    def __init__(self, catalogue: Catalogue | None = None):
+        super().__init__()
+        self._catalogue = catalogue
+
+    def expand(self, batches):
+        return batches | "Validate" >> beam.ParDo(_ValidateBatch(self._catalogue)).with_outputs(
+            DEAD_LETTER, STATS, main="valid")
