@@ -3,8 +3,8 @@
 The whole flow (each step a composite PTransform from ``transforms``):
 
     ReadCurrentsExport -> ValidateEvents -> DeduplicateEvents -> ResolveIdentities
-         | files              | dead letter      | duplicates          | eligibility
-         +--------------------+------------------+---------------------+--> summary
+         | files              | dead letter      | duplicates          -> FormatForPartner x N
+         +--------------------+------------------+----------------------------+--> summary
 
 Run locally on the bundled sample (writes ./output):
 
@@ -29,12 +29,15 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pydantic import ValidationError
 
 from pipelines.options import RunConfig, parse
-from transforms import (DeduplicateEvents, ReadCurrentsExport, ResolveIdentities, ValidateEvents)
+from transforms import (DeduplicateEvents, FormatForPartner, ReadCurrentsExport,
+                        ResolveIdentities, ValidateEvents)
+from transforms.partners import PARTNERS
 from transforms.read import has_export_files
 from transforms.sinks import SUMMARY, TEMPORARY, CommitOutputs, ShardRecords, WriteShards
 from transforms.summary import MergeStats, build_summary, file_stats, render_table
 
-OUTPUT_FOLDERS = ("events", "dead_letter", "duplicates", "file_errors")
+OUTPUT_FOLDERS = ("events", "dead_letter", "duplicates", "file_errors") + tuple(
+    f"partners/{p}{sub}" for p in PARTNERS for sub in ("", "/_skipped"))
 
 
 def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str) -> beam.PCollection:
@@ -52,17 +55,27 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str) -> beam.PCollection:
                    | "OnlyFileErrors" >> beam.Filter(lambda f: f["reason"] is not None)
                    | "ShardFileErrors" >> ShardRecords(1, shard_key=lambda f: "",
                                                        sort_key=lambda f: f["source"]))
-    written = (
+    written = [
         unique.events | "WriteEvents" >> WriteShards(temp_dir, "events", n),
         dead_letter | "WriteDeadLetter" >> WriteShards(temp_dir, "dead_letter", n),
         unique.duplicates | "WriteDuplicates" >> WriteShards(temp_dir, "duplicates", n),
         file_errors | "WriteFileErrors" >> WriteShards(temp_dir, "file_errors", 1),
-    ) | "AllWritten" >> beam.Flatten()
+    ]
+    stats = [checked.stats, unique.stats, identified.stats,
+             read.files | "FileStats" >> beam.Map(file_stats)]
+    for partner in cfg.partners:
+        out = identified.identified | f"FormatFor[{partner}]" >> FormatForPartner(
+            partner, cfg.partner_config())
+        written += [
+            out.payloads | f"Write[{partner}]" >> WriteShards(
+                temp_dir, f"partners/{partner}", n),
+            out.skipped | f"WriteSkipped[{partner}]" >> WriteShards(
+                temp_dir, f"partners/{partner}/_skipped", n)]
+        stats.append(out.stats)
 
-    stats = (
-        checked.stats, unique.stats, identified.stats,
-        read.files | "FileStats" >> beam.Map(file_stats),
-    ) | "AllStats" >> beam.Flatten() | "MergeStats" >> beam.CombineGlobally(MergeStats())
+    written = written | "AllWritten" >> beam.Flatten()
+    stats = stats | "AllStats" >> beam.Flatten() | "MergeStats" >> beam.CombineGlobally(
+        MergeStats())
 
     make_summary = functools.partial(build_summary, partners=cfg.partners, shards=n)
     return p | "CommitOutputs" >> CommitOutputs(
@@ -92,9 +105,9 @@ def run(argv: list[str] | None = None) -> int:
     try:
         cfg, beam_args = parse(argv)
     except ValidationError as exc:
-        return _fail("; ".join(f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: "
-                               f"{e['msg'].removeprefix('Value error, ')}"
-                               for e in exc.errors()), 2)
+        return _fail("; ".join(
+            (f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: " if e["loc"] else "")
+            + e["msg"].removeprefix("Value error, ") for e in exc.errors()), 2)
     except ValueError as exc:
         return _fail(str(exc), 2)
     try:

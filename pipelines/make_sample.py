@@ -49,12 +49,12 @@ def sample_files() -> list[dict]:
               "time": "int", "orphaned_by_id": "string"}
     files.append({"event_type": "users.UserOrphan", "hour": HOURS[1], "extra_fields": orphan,
                   "rows": [{"id": f"orphan-{i}", "user_id": f"{i:024x}",
-                            "external_user_id": None, "time": 1_795_600_900 + i,
+                            "external_user_id": None, "time": 1_795_507_300 + i,
                             "orphaned_by_id": f"{i + 100:024x}"} for i in range(3)]})
     return files
 
 
-BASE_MS = 1_795_600_800_000  # a time in milliseconds: rejected as implausible
+BASE_MS = 1_795_507_200_000  # a time in milliseconds: rejected as implausible
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,9 @@ import os
 from importlib import resources
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from transforms.identities import PARTNERS
 
@@ -26,6 +28,21 @@ class RunConfig(BaseModel):
     shards: int = Field(8, ge=1, le=100_000)
     batch_size: int = Field(2000, ge=1)
     max_invalid_ratio: float | None = Field(None, ge=0.0, le=1.0)
+    mixpanel_token: SecretStr | None = None
+    mparticle_environment: Literal["production", "development"] = "production"
+
+    @model_validator(mode="after")
+    def _partner_settings(self):
+        if "mixpanel" in self.partners and not (
+                self.mixpanel_token and self.mixpanel_token.get_secret_value()):
+            raise ValueError("Mixpanel needs a project token: pass --mixpanel-token or set "
+                             "MIXPANEL_TOKEN (or leave mixpanel out of --partners)")
+        return self
+
+    def partner_config(self) -> dict:
+        """Settings the partner formatters need (the token is revealed only here)."""
+        token = self.mixpanel_token.get_secret_value() if self.mixpanel_token else None
+        return {"mixpanel_token": token, "mparticle_environment": self.mparticle_environment}
 
     @field_validator("partners", mode="before")
     @classmethod
@@ -51,6 +68,8 @@ Outputs under --output:
   dead_letter/   rejected rows: {reason, event_type, source, row, error, record}
   duplicates/    dropped copies: {event_type, id, source, row, kept_source, kept_row, ...}
   file_errors/   files that could not be read (fully or partly), with the reason
+  partners/<p>/  one payload per line for partner p, in its ingestion API's format
+  partners/<p>/_skipped/  events not sent to p: {event_type, id, reason}
   summary.json   counts; written last, it marks a complete run
 
 Exit codes: 0 success; 1 run failed or --max-invalid-ratio exceeded; 2 bad options/input.
@@ -70,8 +89,17 @@ def parser() -> argparse.ArgumentParser:
                     help="folder (local or gs://) for the outputs. Default: ./output "
                          "(with the bundled sample)")
     ap.add_argument("--partners", default=",".join(PARTNERS),
-                    help="comma-separated partners whose identity rules are applied "
-                         f"(default: {','.join(PARTNERS)})")
+                    help="comma-separated partners to format payloads for, under "
+                         f"partners/<partner>/ (default: {','.join(PARTNERS)}); "
+                         "'' for none (events only)")
+    ap.add_argument("--mixpanel-token", dest="mixpanel_token",
+                    default=os.environ.get("MIXPANEL_TOKEN"),
+                    help="Mixpanel project token, put in each Mixpanel payload "
+                         "(default: $MIXPANEL_TOKEN). Required when mixpanel is selected; "
+                         "never logged nor written to the summary")
+    ap.add_argument("--mparticle-environment", dest="mparticle_environment",
+                    default="production", choices=("production", "development"),
+                    help="mParticle environment of each batch (default: production)")
     ap.add_argument("--shards", type=int, default=8,
                     help="output files per folder, and dedup parallelism (default: 8)")
     ap.add_argument("--batch-size", dest="batch_size", type=int, default=2000,

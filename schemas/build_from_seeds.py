@@ -6,6 +6,9 @@ and, for many events, one block per partner. This script turns them into data th
 pipeline reads (``schemas/catalogue.json``, ``schemas/partner_templates.json``), so a
 new Braze event or field is a data change, not a code change.
 
+The partner mappings (``schemas/partners/<partner>.json``) combine the seed tabs with
+the hand-written partner conventions in ``schemas/partners/base.json``.
+
 Run ``python -m schemas.build_from_seeds [--seeds DIR] [--check]``; ``--check`` exits
 non-zero when the committed files differ from what the seeds give.
 """
@@ -23,6 +26,8 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_SEEDS = HERE.parent.parent / "shared" / "seeds"
 CATALOGUE = HERE / "catalogue.json"
 TEMPLATES = HERE / "partner_templates.json"
+PARTNER_DIR = HERE / "partners"
+BASE = PARTNER_DIR / "base.json"
 
 # Newest source first: a type documented in several seeds is taken from the first.
 SEED_ORDER = ("004", "000", "002")
@@ -31,6 +36,8 @@ PARTNERS = ("amplitude", "mixpanel", "mparticle", "segment")
 # Fields the newer glossaries mark required on every event; used for the one old-format
 # seed (002) that gives types but not required/optional.
 ALWAYS_REQUIRED = ("id", "user_id", "time")
+# Routed by the identity rules (transforms/identities.py), never a stray property.
+IDENTITY_FIELDS = {"user_id", "external_user_id", "device_id"}
 TYPE_NAMES = {"string": "string", "int": "int", "long": "long", "float": "float",
               "boolean": "boolean", "array of string": "array<string>", "bool": "boolean"}
 
@@ -145,6 +152,124 @@ def build(seeds: Path) -> tuple[dict, dict]:
     return catalogue, partner_templates
 
 
+def _leaves(obj: Any, path: tuple = ()):
+    """(dotted path, value) of every leaf; empty objects are leaves too."""
+    if isinstance(obj, dict) and obj:
+        for key, value in obj.items():
+            yield from _leaves(value, path + (key,))
+    elif isinstance(obj, list) and obj:
+        for i, value in enumerate(obj):
+            yield from _leaves(value, path + (str(i),))
+    else:
+        yield ".".join(path), obj
+
+
+def _is_spec(value: Any) -> bool:
+    return isinstance(value, str) and bool(_SPEC.match(value))
+
+
+def _humanise(event_type: str) -> str:
+    """``users.behaviors.app.SessionStart`` -> ``Session Start`` (for undocumented names)."""
+    last = event_type.rsplit(".", 1)[-1]
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", last)
+
+
+def build_mappings(catalogue: dict, templates: dict, base: dict) -> dict[str, dict]:
+    """One declarative mapping per partner: for every catalogue event, where each
+    destination key of the partner payload takes its value from.
+
+    Documented (event, partner) pairs follow the seed tab exactly; the others (no tab)
+    follow the partner's default template plus every catalogue field in the property bag.
+    """
+    events = catalogue["event_types"]
+    by_description: dict[str, set[str]] = {}
+    for spec in events.values():
+        for name, field in spec["fields"].items():
+            by_description.setdefault(field["description"], set()).add(name)
+    mappings = {}
+    for partner, conv in base["partners"].items():
+        roles, bag = conv["roles"], conv["property_bag"]
+        role_required: dict[str, bool] = {}
+        for tabs in templates.values():
+            if partner in tabs:
+                for path, value in _leaves(tabs[partner]["template"]):
+                    if path in roles and _is_spec(value):
+                        role_required.setdefault(path, parse_spec(value)["required"])
+
+        def resolve(etype: str, path: str, value: Any, fields: dict) -> dict:
+            entry: dict[str, Any] = {"to": path}
+            key = path.rsplit(".", 1)[-1]
+            if path in roles:
+                role = roles[path]
+                if "const_by_event" in role:
+                    entry["const"] = role["const_by_event"].get(etype, role["const"])
+                else:
+                    entry.update(role)
+                entry["required"] = (parse_spec(value)["required"] if _is_spec(value)
+                                     else role_required.get(path, False))
+            elif not _is_spec(value):
+                entry["const"] = value
+            else:
+                spec = parse_spec(value)
+                same_desc = [n for n, f in fields.items() if f["description"] == spec["description"]]
+                anywhere = sorted(by_description.get(spec["description"], ()))
+                if key in fields:
+                    entry["from"] = key
+                elif len(same_desc) == 1:
+                    entry["from"] = same_desc[0]
+                elif len(anywhere) == 1:
+                    entry["from"] = anywhere[0]
+                else:
+                    entry["from"] = key  # a field Braze sends that the storage block omits
+                entry["required"] = spec["required"]
+            return entry
+
+        mapping_events = {}
+        for etype, spec in events.items():
+            fields = spec["fields"]
+            tabs = templates.get(etype, {})
+            if etype in base["storage_only"]:
+                mapping_events[etype] = {"sendable": False, "reason": "storage_only_event",
+                                         "why": base["storage_only"][etype]}
+                continue
+            expand = conv["expand_properties"].get(etype)
+            if partner in tabs:
+                leaves = list(_leaves(tabs[partner]["template"]))
+                name, documented = tabs[partner]["name"], True
+            else:
+                leaves = [(path, None) for path in conv["default_template"]]
+                used = {"id", "time", "user_id", "external_user_id"} | set(
+                    roles[p].get("from", "") for p in conv["default_template"] if p in roles)
+                if expand is not None:
+                    used |= {"name", "properties"}
+                leaves += [(f"{bag}.{n}", f"({'required' if f['required'] else 'optional'}, "
+                                          f"{f['type']}) {f['description']}")
+                           for n, f in fields.items() if n not in used]
+                other = tabs.get("amplitude") or tabs.get("mixpanel")
+                name = other["name"] if other else _humanise(etype)
+                documented = False
+            if expand is not None and "name" in fields:
+                name = None  # a custom event is named after itself (its `name` field)
+            entries = []
+            for path, value in leaves:
+                entry = resolve(etype, path, value, fields)
+                if not documented and entry.get("from") not in (None, *fields) and \
+                        not str(entry.get("from", "")).startswith("@"):
+                    continue  # default template keys this event has no source for
+                entries.append(entry)
+            mapping_events[etype] = {
+                "sendable": True, "documented": documented, "name": name,
+                "expand_properties": None if expand is None else {"prefix": expand},
+                "known_fields": sorted(set(fields) | IDENTITY_FIELDS | {
+                    e["from"] for e in entries if not e.get("from", "@").startswith("@")}),
+                "fields": entries}
+        mappings[partner] = {
+            "generated_by": "python -m schemas.build_from_seeds",
+            "partner": partner, "api": conv["api"], "property_bag": bag,
+            "event_name": conv["event_name"], "events": mapping_events}
+    return mappings
+
+
 def _dump(obj: Any) -> str:
     return json.dumps(obj, indent=1, ensure_ascii=False, sort_keys=False) + "\n"
 
@@ -158,7 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.seeds.is_dir():
         print(f"error: seeds folder not found: {args.seeds}", file=sys.stderr)
         return 2
-    outputs = dict(zip((CATALOGUE, TEMPLATES), map(_dump, build(args.seeds))))
+    catalogue, templates = build(args.seeds)
+    base = json.loads(BASE.read_text(encoding="utf-8"))
+    outputs = {CATALOGUE: _dump(catalogue), TEMPLATES: _dump(templates)}
+    for partner, mapping in build_mappings(catalogue, templates["event_types"], base).items():
+        outputs[PARTNER_DIR / f"{partner}.json"] = _dump(mapping)
     if args.check:
         stale = [p.name for p, text in outputs.items()
                  if not p.exists() or p.read_text(encoding="utf-8") != text]
@@ -170,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     for path, text in outputs.items():
         path.write_text(text, encoding="utf-8")
     cat = json.loads(outputs[CATALOGUE])
-    print(f"wrote {CATALOGUE.name}: {len(cat['event_types'])} event types; {TEMPLATES.name}")
+    print(f"wrote {CATALOGUE.name}: {len(cat['event_types'])} event types; {TEMPLATES.name}; "
+          f"partners/{{{','.join(base['partners'])}}}.json")
     return 0
 
 

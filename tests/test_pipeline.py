@@ -12,12 +12,14 @@ from tests.conftest import REPO, read_ndjson
 from transforms.testing import make_record, write_export
 
 CLICK = "users.messages.email.Click"
+TOKEN = "mp-secret-4f2a"  # a stand-in secret: it must never reach logs or the summary
+WITH_TOKEN = ["--mixpanel-token", TOKEN]
 
 
 @pytest.fixture(scope="module")
 def sample_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("sample") / "output"
-    assert run(["--output", str(out)]) == 0
+    assert run(["--output", str(out), *WITH_TOKEN]) == 0
     return out
 
 
@@ -57,7 +59,7 @@ def test_sample_run_outputs_and_summary(sample_run, catalogue):
 
 def test_rerun_is_byte_identical(sample_run, tmp_path):
     again = tmp_path / "again"
-    assert run(["--output", str(again)]) == 0
+    assert run(["--output", str(again), *WITH_TOKEN]) == 0
     files = sorted(p.relative_to(sample_run) for p in sample_run.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
     for rel in files:
@@ -72,7 +74,7 @@ def test_conservation_with_duplicates_everywhere(tmp_path):
         {"event_type": CLICK, "rows": [{**rows[0], "time": 0}], "hour": "2026-11-24-10"},
     ])
     assert run(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
-                "--shards", "3"]) == 0
+                "--shards", "3", "--partners", "segment"]) == 0
     s = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert (s["rows_read"], s["valid"], s["invalid"], s["duplicates_dropped"]) == (46, 30, 1, 15)
 
@@ -87,7 +89,7 @@ def test_cli_help_explains_the_options():
 
 
 def test_no_avro_files_is_one_clear_line(tmp_path, capsys):
-    assert run(["--input", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
+    assert run(["--input", str(tmp_path), "--output", str(tmp_path / "o"), *WITH_TOKEN]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no .avro files") and "\n" not in err
 
@@ -95,18 +97,47 @@ def test_no_avro_files_is_one_clear_line(tmp_path, capsys):
 def test_unwritable_output_is_one_clear_line(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    assert run(["--input", bundled_sample(), "--output", str(blocker / "out")]) == 2
+    assert run(["--input", bundled_sample(), "--output", str(blocker / "out"),
+                *WITH_TOKEN]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: cannot write to") and "\n" not in err
 
 
 def test_bad_options_are_one_clear_line(capsys):
-    assert run(["--partners", "amplitude,tiktok"]) == 2
+    assert run(["--partners", "amplitude,tiktok", *WITH_TOKEN]) == 2
     err = capsys.readouterr().err.strip()
     assert "tiktok" in err and "\n" not in err
 
 
-def test_summary_table_is_printed(sample_run, tmp_path, capsys):
-    assert run(["--output", str(tmp_path / "o")]) == 0
-    printed = capsys.readouterr().out
-    assert "Run summary" in printed and "duplicates dropped" in printed
+def test_summary_table_is_printed_and_the_token_is_nowhere(tmp_path, capfd, caplog):
+    caplog.set_level("DEBUG")
+    assert run(["--output", str(tmp_path / "o"), *WITH_TOKEN]) == 0
+    printed = capfd.readouterr()
+    assert "Run summary" in printed.out and "duplicates dropped" in printed.out
+    assert TOKEN not in printed.out + printed.err + caplog.text
+    assert TOKEN not in (tmp_path / "o" / "summary.json").read_text()
+
+
+def test_partner_outputs_account_for_every_event(sample_run):
+    summary = json.loads((sample_run / "summary.json").read_text())
+    for partner in ("amplitude", "mixpanel", "mparticle", "segment"):
+        p = summary["partners"][partner]
+        payloads = read_ndjson(sample_run / "partners" / partner)
+        skipped = read_ndjson(sample_run / "partners" / partner / "_skipped")
+        assert (len(payloads), len(skipped)) == (p["written"], p["skipped"])
+        assert p["written"] + p["skipped"] == summary["valid"]
+        assert Counter(s["reason"] for s in skipped) == p["skipped_reasons"]
+        assert p["written"] > 0
+    mixpanel = read_ndjson(sample_run / "partners" / "mixpanel")
+    assert all(m["properties"]["token"] == TOKEN for m in mixpanel)
+
+
+def test_a_selected_partner_without_its_setting_stops_at_start(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MIXPANEL_TOKEN", raising=False)
+    assert run(["--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: Mixpanel needs a project token") and "\n" not in err
+    assert not (tmp_path / "o").exists()
+    assert run(["--output", str(tmp_path / "o"), "--partners", "amplitude,segment"]) == 0
+    assert not (tmp_path / "o" / "partners" / "mixpanel").exists() or not any(
+        (tmp_path / "o" / "partners" / "mixpanel").glob("part-*"))

@@ -67,10 +67,14 @@ def build_summary(stats: dict, partners: Iterable[str] = (), **extra: Any) -> di
     }
     for partner in partners:
         not_eligible = _group(stats, f"partners/{partner}/not_eligible/")
+        skipped = _group(stats, f"partners/{partner}/skipped/")
         summary["partners"][partner] = {
             "eligible": stats.get(f"partners/{partner}/eligible", 0),
             "not_eligible": sum(not_eligible.values()),
             "not_eligible_reasons": not_eligible,
+            "written": stats.get(f"partners/{partner}/written", 0),
+            "skipped": sum(skipped.values()),
+            "skipped_reasons": skipped,
         }
     summary.update(extra)
     return summary
@@ -96,13 +100,12 @@ def render_table(summary: dict) -> str:
     for etype, n in summary["unknown_event_types"].items():
         rows.append((f"  unknown type: {etype}", n))
     for partner, p in summary["partners"].items():
-        rows.append((f"{partner}: eligible / not", f"{p['eligible']} / {p['not_eligible']}"))
-        for reason, n in p["not_eligible_reasons"].items():
+        rows.append((f"{partner}: written / skipped", f"{p['written']} / {p['skipped']}"))
+        for reason, n in p["skipped_reasons"].items():
             rows.append((f"  {partner} skipped: {reason}", n))
     width = max(len(k) for k, _ in rows)
     lines = ["Run summary", "-" * (width + 12)]
-    lines += [f"{k.ljust(width)}  {v:>9}" if isinstance(v, int) else f"{k.ljust(width)}  {v:>9}"
-              for k, v in rows]
+    lines += [f"{k.ljust(width)}  {v:>11}" for k, v in rows]
     types = summary["by_event_type"]
     if types:
         lines.append("-" * (width + 12))

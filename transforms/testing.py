@@ -16,7 +16,7 @@ import fastavro
 
 from schemas.catalogue import Catalogue, EventTypeSpec, load_catalogue
 
-BASE_TIME = 1_795_600_800  # 2026-11-24T08:40:00Z
+BASE_TIME = 1_795_507_200  # 2026-11-24T08:00:00Z, the hour of the default export folder
 CLUSTER, CONNECTOR, INTEGRATION = "prod-01", "GCS", "5f1d8a2b3c4d5e6f7a8b9c0d"
 _AVRO_TYPES = {"string": "string", "int": "int", "long": "long", "float": "double",
                "boolean": "boolean", "array<string>": {"type": "array", "items": "string"}}
