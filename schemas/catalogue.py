@@ -69,13 +69,15 @@ _PYTHON_TYPES: dict[str, Any] = {
     "string": StrictStr,
     "int": StrictInt,
     "long": StrictInt,
-    # Avro float/double read as Python float; an integral value written as int is still a number.
-    "float": StrictFloat | StrictInt,
+    # Avro float/double read as Python float; an integral value written as int is still a
+    # number. NaN and infinities have no JSON form and no meaning here.
+    "float": Annotated[StrictFloat, Field(allow_inf_nan=False)] | StrictInt,
     "boolean": StrictBool,
     "array<string>": list[StrictStr],
 }
 
 EpochSeconds = Annotated[StrictInt, Field(ge=MIN_EPOCH_SECONDS, lt=MAX_EPOCH_SECONDS)]
+NonEmptyStr = Annotated[StrictStr, Field(min_length=1)]  # an event id; dedup keys on it
 
 
 def _json_object(value: str) -> str:
@@ -101,6 +103,8 @@ def python_type(name: str, field: FieldSpec) -> Any:
     """
     if name == "time" and field.type in ("int", "long"):
         return EpochSeconds
+    if name == "id" and field.type == "string":
+        return NonEmptyStr
     if name == "properties" and field.type == "string":
         return JsonObjectString
     return _PYTHON_TYPES[field.type]

@@ -141,3 +141,41 @@ def test_a_selected_partner_without_its_setting_stops_at_start(tmp_path, capsys,
     assert run(["--output", str(tmp_path / "o"), "--partners", "amplitude,segment"]) == 0
     assert not (tmp_path / "o" / "partners" / "mixpanel").exists() or not any(
         (tmp_path / "o" / "partners" / "mixpanel").glob("part-*"))
+
+
+def test_a_run_that_fails_part_way_leaves_nothing_that_looks_complete(tmp_path, capsys,
+                                                                     monkeypatch):
+    """A crash mid-run (injected: a formatter that dies) -> exit 1, no summary, no shards."""
+    from transforms.partners import PartnerFormatter
+
+    def crash(self, record, identity):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(PartnerFormatter, "format", crash)
+    out = tmp_path / "o"
+    assert run(["--output", str(out), *WITH_TOKEN]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: run failed:") and "\n" not in err
+    assert not (out / "summary.json").exists()
+    assert not list(out.glob("events/part-*")) and not list(out.glob("partners/*/part-*"))
+
+
+def test_a_failed_rerun_keeps_the_previous_complete_output(sample_run, tmp_path, monkeypatch):
+    import shutil
+    from transforms.partners import PartnerFormatter
+    out = tmp_path / "copy"
+    shutil.copytree(sample_run, out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    monkeypatch.setattr(PartnerFormatter, "format", lambda *a: 1 / 0)
+    assert run(["--output", str(out), *WITH_TOKEN]) == 1
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "_temporary" not in
+             str(p)}
+    assert after == before
+
+
+def test_max_invalid_ratio_fails_after_writing_everything(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert run(["--output", str(out), "--max-invalid-ratio", "0.001", *WITH_TOKEN]) == 1
+    assert (out / "summary.json").exists()
+    assert "exceeds --max-invalid-ratio" in capsys.readouterr().err
+    assert run(["--output", str(out), "--max-invalid-ratio", "0.5", *WITH_TOKEN]) == 0

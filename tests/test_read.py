@@ -47,7 +47,7 @@ def test_path_and_writer_schema_disagreeing_rejects_the_rows(tmp_path):
     path.write_bytes(avro_bytes(avro_schema(CLICK), [make_record(CLICK)]))
     with TestPipeline() as p:
         out = p | ReadCurrentsExport(str(tmp_path))
-        assert_that(out.rows | beam.Map(lambda b: (b[0], b[4][0])),
+        assert_that(out.rows | beam.Map(lambda b: (b[0], b[4][0][0])),
                     equal_to([("users.messages.email.Open", "event_type_mismatch")]))
 
 

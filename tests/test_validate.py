@@ -26,6 +26,10 @@ BAD_ROWS = [
     ("properties_not_object", CUSTOM, lambda r: r.update(properties='"text"')),
     ("properties_not_object", CUSTOM, lambda r: r.update(properties="[1]")),
     ("payload_too_large", CLICK, lambda r: r.update(user_agent="x" * MAX_PAYLOAD_BYTES)),
+    ("empty_id", CLICK, lambda r: r.update(id="")),
+    ("wrong_type", "users.behaviors.Purchase", lambda r: r.update(price=float("nan"))),
+    ("wrong_type", "users.behaviors.Purchase", lambda r: r.update(price="9.99")),
+    ("wrong_type", CLICK, lambda r: r.update(suspected_bot_click_reason=["ok", 3])),
 ]
 
 
@@ -67,10 +71,14 @@ def test_unknown_event_types_pass_unvalidated_and_are_counted():
                                           "unknown_rows/users.UserOrphan": 2}]), label="stats")
 
 
-def test_a_batch_level_problem_rejects_every_row():
+def test_problems_found_while_reading_reject_their_rows():
     rows = [make_record(CLICK, seed=i) for i in range(3)]
-    problem = ("event_type_mismatch", "path says A, writer schema says B")
+    problems = {0: ("event_type_mismatch", "path says A, writer schema says B"),
+                2: ("invalid_utf8", "url: bytes that are not UTF-8")}
     with TestPipeline() as p:
-        out = p | beam.Create([(CLICK, "s", 0, rows, problem)]) | ValidateEvents()
-        assert_that(out.dead_letter | beam.Map(lambda d: (d["row"], d["reason"], d["error"])),
-                    equal_to([(i, *problem) for i in range(3)]))
+        out = p | beam.Create([(CLICK, "s", 5, rows, problems)]) | ValidateEvents()
+        assert_that(out.dead_letter | "D" >> beam.Map(
+            lambda d: (d["row"], d["reason"], d["error"])),
+            equal_to([(5 + i, *problem) for i, problem in problems.items()]), label="dead")
+        assert_that(out.valid | "V" >> beam.FlatMap(lambda b: [x[0] for x in b[1]]),
+                    equal_to([6]), label="valid")

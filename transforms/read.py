@@ -66,7 +66,7 @@ class _ReadAvroFile(beam.DoFn):
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fo:
                 yield from self._read(fo, path, report)
         except Exception as exc:  # a broken file is reported, never fatal
-            reason = report["reason"] or _classify(exc, report["rows"])
+            reason = report["reason"] or _classify(exc)
             report.update(reason=reason, error=f"{type(exc).__name__}: {exc}")
         yield beam.pvalue.TaggedOutput(FILE_REPORTS, report)
 
@@ -84,31 +84,106 @@ class _ReadAvroFile(beam.DoFn):
         from_schema = event_type_from_schema(reader.writer_schema)
         event_type = from_path or from_schema or "unknown"
         report["event_type"] = event_type
-        problem = None
+        mismatch = None
         if from_path and from_schema and from_path != from_schema:
-            problem = ("event_type_mismatch",
-                       f"path says {from_path}, writer schema says {from_schema}")
+            mismatch = ("event_type_mismatch",
+                        f"path says {from_path}, writer schema says {from_schema}")
         batch: list[dict] = []
+        problems: dict[int, tuple[str, str]] = {}
         first = 0
-        for block in reader:
-            for record in block:
-                batch.append(record)
-            report["rows"] += block.num_records
+        blocks = iter(reader)
+        while True:
+            try:
+                block = next(blocks)
+            except StopIteration:
+                break
+            except Exception as exc:  # keep the rows of every complete block read so far
+                report["reason"] = _classify(exc)
+                report["error"] = f"{type(exc).__name__}: {exc} (after {report['rows']} rows)"
+                break
+            try:
+                records = list(block)
+            except UnicodeDecodeError:
+                records, bad = _decode_leniently(block, reader.writer_schema)
+                for i, fields in bad.items():
+                    problems[len(batch) + i] = (
+                        "invalid_utf8", f"{', '.join(fields)}: bytes that are not UTF-8")
+            batch += records
+            report["rows"] += len(records)
             if len(batch) >= self._batch_size:
-                yield (event_type, path, first, batch, problem)
+                yield self._batch(event_type, path, first, batch, problems, mismatch)
                 first += len(batch)
-                batch = []
+                batch, problems = [], {}
         if batch:
-            yield (event_type, path, first, batch, problem)
-        if report["rows"] == 0:
+            yield self._batch(event_type, path, first, batch, problems, mismatch)
+        if report["rows"] == 0 and not report["reason"]:
             report["reason"], report["error"] = "no_rows", "Avro header but no data blocks"
 
+    @staticmethod
+    def _batch(event_type, path, first, batch, problems, mismatch) -> RowBatch:
+        if mismatch:
+            problems = {i: mismatch for i in range(len(batch))}
+        return (event_type, path, first, batch, problems or None)
 
-def _classify(exc: Exception, rows: int) -> str:
-    if isinstance(exc, (EOFError, StopIteration)) or "sync marker" in str(exc):
+
+def _strings_as_bytes(schema: Any) -> Any:
+    """The same schema with every ``string`` read as ``bytes`` (same binary encoding)."""
+    if schema == "string":
+        return "bytes"
+    if isinstance(schema, list):
+        return [_strings_as_bytes(s) for s in schema]
+    if isinstance(schema, dict):
+        out = dict(schema)
+        for key in ("type", "items", "values"):
+            if key in out and not (key == "type" and out[key] in ("record", "enum", "fixed")):
+                out[key] = _strings_as_bytes(out[key])
+        if "fields" in out:
+            out["fields"] = [{**f, "type": _strings_as_bytes(f["type"])} for f in out["fields"]]
+        return out
+    return schema
+
+
+def _decode_leniently(block, writer_schema) -> tuple[list[dict], dict[int, list[str]]]:
+    """Re-read a block whose strings are not all UTF-8: keep every row, flag the bad ones.
+
+    Bad strings are kept with their bytes escaped (``\\xff``) so the dead letter shows them.
+    """
+    schema = fastavro.parse_schema(_strings_as_bytes(writer_schema), named_schemas={})
+    data = block.bytes_
+    data.seek(0)
+    records, bad = [], {}
+    for i in range(block.num_records):
+        raw = fastavro.schemaless_reader(data, schema, None)
+        fields: list[str] = []
+        records.append({k: _to_text(v, k, fields) for k, v in raw.items()})
+        if fields:
+            bad[i] = fields
+    return records, bad
+
+
+def _to_text(value: Any, name: str, bad: list[str]) -> Any:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            bad.append(name)
+            return value.decode("utf-8", "backslashreplace")
+    if isinstance(value, list):
+        return [_to_text(v, name, bad) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_text(v, f"{name}.{k}", bad) for k, v in value.items()}
+    return value
+
+
+def _classify(exc: Exception) -> str:
+    """A machine-readable reason for a file that could not be read to its end."""
+    text = str(exc)
+    if isinstance(exc, EOFError) or "cannot read" in text:
         return "truncated_file"
-    if isinstance(exc, UnicodeDecodeError):
-        return "invalid_utf8"
+    if "sync marker" in text or "read length" in text:
+        return "corrupt_block"
+    if "codec" in text.lower():
+        return "unsupported_codec"
     return "unreadable_file"
 
 
@@ -117,7 +192,7 @@ class ReadCurrentsExport(beam.PTransform):
 
     Input: the pipeline root. ``path`` is a folder or prefix (local or gs://), a single
     ``.avro`` file, or a glob.
-    Output (main): RowBatch = ``(event_type, source, first_row, rows, problem)``; tagged
+    Output (main): RowBatch = ``(event_type, source, first_row, rows, problems)``; tagged
     ``files``: one FileReport per file (rows read, or why the file could not be read).
     """
 

@@ -115,11 +115,15 @@ class _Commit(beam.DoFn):
 
 
 def _remove_temporary(temp_dir: str, parent: str) -> None:
-    """Delete this run's temporary folder, and ``_temporary`` itself once it is empty."""
+    """Delete ``_temporary``: this run's files, and leftovers of runs that failed earlier.
+
+    One run at a time per output folder (a second concurrent run would lose its files).
+    """
     try:
-        FileSystems.delete([temp_dir])
-        if not FileSystems.match([FileSystems.join(parent, "**")])[0].metadata_list:
-            FileSystems.delete([parent])
+        leftovers = FileSystems.match([FileSystems.join(parent, "**")])[0].metadata_list
+        if leftovers:
+            FileSystems.delete([m.path for m in leftovers])
+        FileSystems.delete([parent])
     except Exception:  # leftovers in _temporary are harmless: the run is complete
         pass
 

@@ -11,9 +11,10 @@ STATS = "stats"
 SKIPPED = "skipped"
 
 Record = Dict[str, Any]
-# (event_type, source path, index of the first row in the file, rows, problem)
-# problem is None, or (reason, message) when every row of the batch must be rejected.
-RowBatch = Tuple[str, str, int, List[Record], Optional[Tuple[str, str]]]
+# (event_type, source path, index of the first row in the file, rows, problems)
+# problems is None, or {index in rows: (reason, message)} for rows found bad while reading
+# (bytes that are not UTF-8; a path and writer schema naming different event types).
+RowBatch = Tuple[str, str, int, List[Record], Optional[Dict[int, Tuple[str, str]]]]
 # (source path, [(row index, event_type, event id, canonical JSON of the event)])
 ValidBatch = Tuple[str, List[Tuple[int, str, str, bytes]]]
 # (output shard, [canonical JSON of one event per item]) - one element per shard

@@ -25,8 +25,10 @@ MAX_PAYLOAD_BYTES = 900 * 1024
 # Dead-letter reasons, most fundamental first: a row gets the first that applies.
 REASONS = (
     "event_type_mismatch",
+    "invalid_utf8",
     "missing_required_field",
     "null_required_field",
+    "empty_id",
     "wrong_type",
     "implausible_time",
     "invalid_properties_json",
@@ -35,6 +37,7 @@ REASONS = (
 )
 _PYDANTIC_REASON = {
     "missing": "missing_required_field",
+    "string_too_short": "empty_id",
     "greater_than_equal": "implausible_time",
     "less_than": "implausible_time",
     "properties_not_json": "invalid_properties_json",
@@ -72,8 +75,10 @@ class _Validator:
         """None if valid, else (reason, message)."""
         spec = self._catalogue.get(event_type)
         if spec is None:
-            if not isinstance(record.get("id"), str) or not record["id"]:
+            if not isinstance(record.get("id"), str):
                 return "missing_required_field", "id: an event needs a string id"
+            if not record["id"]:
+                return "empty_id", "id: an event id cannot be empty"
             return None
         model = self._models.get(event_type)
         if model is None:
@@ -97,13 +102,14 @@ class _ValidateBatch(beam.DoFn):
         self._validator = _Validator(self._catalogue or load_catalogue())
 
     def process(self, batch: RowBatch) -> Iterator[Any]:
-        event_type, source, first_row, rows, problem = batch
+        event_type, source, first_row, rows, problems = batch
+        problems = problems or {}
         known = event_type in self._validator._catalogue
         valid = []
         stats: Counter = Counter(rows_read=len(rows))
         for offset, record in enumerate(rows):
             row = first_row + offset
-            verdict = problem or self._validator.check(event_type, record)
+            verdict = problems.get(offset) or self._validator.check(event_type, record)
             payload = b""
             if verdict is None:
                 payload = codec.dumps({**record, "event_type": event_type})
@@ -132,7 +138,7 @@ class _ValidateBatch(beam.DoFn):
 class ValidateEvents(beam.PTransform):
     """Validate raw Currents rows against the catalogue.
 
-    Input: RowBatch ``(event_type, source, first_row, rows, problem)``.
+    Input: RowBatch ``(event_type, source, first_row, rows, problems)``.
     Output (main, ``valid``): ValidBatch ``(source, [(row, event_type, id, canonical_json)])``;
     tagged ``dead_letter``: DeadLetter dicts ``{reason, event_type, source, row, error,
     record}``; tagged ``stats``: counters. ``catalogue`` defaults to the packaged one.
