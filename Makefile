@@ -22,6 +22,9 @@ run: $(VENV)/.installed          ## run the pipeline on the bundled sample -> ./
 test: $(VENV)/.installed         ## run the whole test suite
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+docs: $(VENV)/.installed         ## API reference from the docstrings -> docs/api/
+	$(BIN)/python -m pdoc -o docs/api transforms pipelines schemas
+
 schemas: $(VENV)/.installed      ## regenerate schemas/ from ../shared/seeds
 	$(BIN)/python -m schemas.build_from_seeds
 

@@ -9,7 +9,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from schemas.build_from_seeds import build_mappings, parse_spec
 from schemas.catalogue import read_json_resource
 from transforms import FormatForPartner, PartnerFormatter, resolve_identity
-from transforms.testing import make_record
+from transforms.testing import make_record, payload_problems
 
 PARTNERS = ("amplitude", "mixpanel", "mparticle", "segment")
 CONFIG = {"mixpanel_token": "tok-123", "mparticle_environment": "development"}
@@ -70,6 +70,9 @@ def test_golden_payload_has_exactly_the_documented_keys(etype, partner):
             keys = {k for k in keys if not any(
                 k.endswith("." + expand["prefix"] + p) for p in json.loads(rec["properties"]))}
         assert keys <= set(documented), sorted(keys - set(documented))
+        bag = MAPPINGS[partner]["property_bag"] + "."
+        assert payload_problems(partner, etype, got, extra_ok=[bag + (expand or {}).get(
+            "prefix", "\0")] if expand is not None else []) == []
         seen |= keys
         # each value traced to its source
         flat = dict(leaves(got))

@@ -3,13 +3,22 @@
     ReadCurrentsExport -> ValidateEvents -> DeduplicateEvents -> ResolveIdentities
         -> FormatForPartner (one per partner)
 
-Each is a composite ``PTransform``; see its docstring for element types and outputs.
+Each is a composite ``PTransform`` with Beam type hints (misuse fails when the pipeline is
+built); its docstring gives its input and output element types (``transforms.types``),
+its tagged outputs and its options. Elements are batches, because Beam pays per
+element: ``ParseEvents`` and ``ToRowBatches`` convert to and from one dict per event for
+steps of your own. ``transforms.testing`` has helpers for your tests.
 """
+from transforms.batches import ParseEvents, ToRowBatches
 from transforms.dedup import DeduplicateEvents
 from transforms.identities import ResolveIdentities, resolve_identity
 from transforms.partners import FormatForPartner, PartnerFormatter
 from transforms.read import ReadCurrentsExport
+from transforms.sinks import WriteShards
 from transforms.validate import ValidateEvents
 
-__all__ = ["ReadCurrentsExport", "ValidateEvents", "DeduplicateEvents", "ResolveIdentities",
-           "resolve_identity", "FormatForPartner", "PartnerFormatter"]
+__all__ = [
+    "ReadCurrentsExport", "ValidateEvents", "DeduplicateEvents", "ResolveIdentities",
+    "FormatForPartner", "ParseEvents", "ToRowBatches", "WriteShards",
+    "resolve_identity", "PartnerFormatter",
+]

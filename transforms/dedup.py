@@ -85,6 +85,7 @@ class _KeepOnePerKey(beam.DoFn):
         yield beam.pvalue.TaggedOutput(STATS, dict(stats))
 
 
+@beam.typehints.with_input_types(ValidBatch)
 class DeduplicateEvents(beam.PTransform):
     """Keep one event per (event_type, id).
 
@@ -106,5 +107,6 @@ class DeduplicateEvents(beam.PTransform):
             valid
             | "ScatterToShards" >> beam.ParDo(_ScatterToShards(self._num_shards))
             | "GroupByShard" >> beam.GroupByKey()
-            | "KeepOnePerKey" >> beam.ParDo(_KeepOnePerKey()).with_outputs(
+            | "KeepOnePerKey" >> beam.ParDo(_KeepOnePerKey()).with_output_types(
+                ShardLines).with_outputs(
                 DUPLICATES, STATS, main="events"))

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Union
 import apache_beam as beam
 
 from transforms import codec
-from transforms.types import STATS, Record, ShardLines
+from transforms.types import STATS, IdentifiedBatch, Record, ShardLines
 
 PARTNERS = ("amplitude", "mixpanel", "mparticle", "segment")
 
@@ -90,6 +90,7 @@ class _Resolve(beam.DoFn):
         yield beam.pvalue.TaggedOutput(STATS, dict(stats))
 
 
+@beam.typehints.with_input_types(ShardLines)
 class ResolveIdentities(beam.PTransform):
     """Attach each partner's identity to each event.
 
@@ -106,5 +107,5 @@ class ResolveIdentities(beam.PTransform):
         self._partners = tuple(partners)
 
     def expand(self, events):
-        return events | "Resolve" >> beam.ParDo(_Resolve(self._partners)).with_outputs(
-            STATS, main="identified")
+        return events | "Resolve" >> beam.ParDo(_Resolve(self._partners)).with_output_types(
+            IdentifiedBatch).with_outputs(STATS, main="identified")

@@ -18,7 +18,7 @@ import orjson
 
 from schemas.catalogue import read_json_resource
 from transforms import codec
-from transforms.types import SKIPPED, STATS, Record
+from transforms.types import SKIPPED, STATS, IdentifiedBatch, Record, ShardLines
 
 PARTNERS = ("amplitude", "mixpanel", "mparticle", "segment")
 _CONVERT: dict[str, Callable[[Any], Any]] = {
@@ -177,6 +177,7 @@ class _Format(beam.DoFn):
         yield beam.pvalue.TaggedOutput(STATS, dict(stats))
 
 
+@beam.typehints.with_input_types(IdentifiedBatch)
 class FormatForPartner(beam.PTransform):
     """Format events for one partner.
 
@@ -195,4 +196,5 @@ class FormatForPartner(beam.PTransform):
 
     def expand(self, identified):
         return identified | f"Format[{self._partner}]" >> beam.ParDo(
-            _Format(self._partner, self._config)).with_outputs(SKIPPED, STATS, main="payloads")
+            _Format(self._partner, self._config)).with_output_types(ShardLines).with_outputs(
+            SKIPPED, STATS, main="payloads")

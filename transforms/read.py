@@ -187,6 +187,7 @@ def _classify(exc: Exception) -> str:
     return "unreadable_file"
 
 
+@beam.typehints.with_input_types(beam.pvalue.PBegin)
 class ReadCurrentsExport(beam.PTransform):
     """Read a Currents export.
 
@@ -207,5 +208,6 @@ class ReadCurrentsExport(beam.PTransform):
             | "MatchFiles" >> fileio.MatchFiles(self._pattern, fileio.EmptyMatchTreatment.ALLOW)
             | "Paths" >> beam.Map(lambda meta: meta.path)
             | "Spread" >> beam.Reshuffle()
-            | "Decode" >> beam.ParDo(_ReadAvroFile(self._batch_size)).with_outputs(
+            | "Decode" >> beam.ParDo(_ReadAvroFile(self._batch_size)).with_output_types(
+                RowBatch).with_outputs(
                 FILE_REPORTS, main="rows"))

@@ -52,6 +52,7 @@ class _WriteShard(beam.DoFn):
         yield relative
 
 
+@beam.typehints.with_input_types(ShardLines)
 class WriteShards(beam.PTransform):
     """ShardLines -> one file per shard under ``<temp_dir>/<folder>/``; outputs relative paths."""
 

@@ -1,7 +1,9 @@
-"""Test helpers, shipped with the package: valid Currents rows and export trees.
+"""Test helpers, shipped with the package: valid Currents rows, export trees, and a
+check of partner payloads against the keys Braze documents.
 
     rec = make_record("users.messages.email.Click", seed=1, url="https://x.test")
     root = write_export(tmp_path, {"users.messages.email.Click": [rec]})
+    assert not payload_problems("segment", "users.messages.email.Click", payload)
 
 Everything is derived from the catalogue and deterministic for a given seed.
 """
@@ -14,7 +16,7 @@ from typing import Any, Iterable, Mapping
 
 import fastavro
 
-from schemas.catalogue import Catalogue, EventTypeSpec, load_catalogue
+from schemas.catalogue import Catalogue, EventTypeSpec, load_catalogue, read_json_resource
 
 BASE_TIME = 1_795_507_200  # 2026-11-24T08:00:00Z, the hour of the default export folder
 CLUSTER, CONNECTOR, INTEGRATION = "prod-01", "GCS", "5f1d8a2b3c4d5e6f7a8b9c0d"
@@ -152,3 +154,43 @@ def write_export(root: str | Path, files: Mapping[str, list[dict]] | Iterable[di
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(avro_bytes(schema, f["rows"], codec=codec))
     return Path(root)
+
+
+def payload_paths(payload: Any, path: tuple = ()) -> Iterable[str]:
+    """Dotted key paths of a payload's leaves (lists of objects are walked, ``events.0``)."""
+    if isinstance(payload, dict) and payload:
+        for key, value in payload.items():
+            yield from payload_paths(value, path + (key,))
+    elif isinstance(payload, list) and payload and isinstance(payload[0], dict):
+        for i, value in enumerate(payload):
+            yield from payload_paths(value, path + (str(i),))
+    else:
+        yield ".".join(path)
+
+
+def documented_keys(partner: str, event_type: str) -> tuple[set[str], set[str]]:
+    """(all, required) dotted keys of the seed tab of (partner, event type).
+
+    Raises ``KeyError`` when the seeds have no such tab.
+    """
+    tab = read_json_resource("partner_templates.json")["event_types"][event_type][partner]
+    required = set()
+    for entry in read_json_resource(f"partners/{partner}.json")["events"][event_type]["fields"]:
+        if entry.get("required"):
+            required.add(entry["to"])
+    return set(payload_paths(tab["template"])), required
+
+
+def payload_problems(partner: str, event_type: str, payload: dict,
+                     extra_ok: Iterable[str] = ()) -> list[str]:
+    """What is wrong with a payload against its seed tab: keys the tab does not document,
+    and required keys that are missing. ``extra_ok``: prefixes allowed beyond the tab (the
+    property bag keys of expanded custom properties or of fields Braze added later).
+    """
+    documented, required = documented_keys(partner, event_type)
+    extra_ok = tuple(extra_ok)
+    keys = set(payload_paths(payload))
+    problems = [f"undocumented key {k}" for k in sorted(keys - documented)
+                if not k.startswith(extra_ok)]
+    problems += [f"missing required key {k}" for k in sorted(required - keys)]
+    return problems

@@ -19,6 +19,8 @@ RowBatch = Tuple[str, str, int, List[Record], Optional[Dict[int, Tuple[str, str]
 ValidBatch = Tuple[str, List[Tuple[int, str, str, bytes]]]
 # (output shard, [canonical JSON of one event per item]) - one element per shard
 ShardLines = Tuple[int, List[bytes]]
+# (output shard, [(event dict, {partner: identity dict, or the reason it cannot be sent})])
+IdentifiedBatch = Tuple[int, List[Tuple[Record, Dict[str, Any]]]]
 # Flat counters, e.g. {"rows_read": 10, "by_event_type/users.messages.email.Click": 3}
 Stats = Dict[str, int]
 

@@ -135,6 +135,7 @@ class _ValidateBatch(beam.DoFn):
         yield beam.pvalue.TaggedOutput(STATS, dict(stats))
 
 
+@beam.typehints.with_input_types(RowBatch)
 class ValidateEvents(beam.PTransform):
     """Validate raw Currents rows against the catalogue.
 
@@ -149,5 +150,6 @@ class ValidateEvents(beam.PTransform):
         self._catalogue = catalogue
 
     def expand(self, batches):
-        return batches | "Validate" >> beam.ParDo(_ValidateBatch(self._catalogue)).with_outputs(
+        return batches | "Validate" >> beam.ParDo(_ValidateBatch(
+            self._catalogue)).with_output_types(ValidBatch).with_outputs(
             DEAD_LETTER, STATS, main="valid")
