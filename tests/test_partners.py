@@ -9,7 +9,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from schemas.build_from_seeds import build_mappings, parse_spec
 from schemas.catalogue import read_json_resource
 from transforms import FormatForPartner, PartnerFormatter, resolve_identity
-from transforms.testing import make_record, payload_problems
+from transforms.testing import make_record, payload_leaves as leaves, payload_problems
 
 PARTNERS = ("amplitude", "mixpanel", "mparticle", "segment")
 CONFIG = {"mixpanel_token": "tok-123", "mparticle_environment": "development"}
@@ -19,18 +19,6 @@ FORMATTERS = {p: PartnerFormatter(p, CONFIG) for p in PARTNERS}
 MAPPINGS = {p: read_json_resource(f"partners/{p}.json") for p in PARTNERS}
 CLICK = "users.messages.email.Click"
 DOCUMENTED = [(t, p) for t, tabs in TEMPLATES.items() for p in tabs]
-
-
-def leaves(obj, path=()):
-    """Dotted paths of a payload; lists of objects (mParticle's events) are walked into."""
-    if isinstance(obj, dict) and obj:
-        for k, v in obj.items():
-            yield from leaves(v, path + (k,))
-    elif isinstance(obj, list) and obj and isinstance(obj[0], dict):
-        for i, v in enumerate(obj):
-            yield from leaves(v, path + (str(i),))
-    else:
-        yield ".".join(path), obj
 
 
 def complete_record(etype, partner, **overrides):

@@ -156,16 +156,22 @@ def write_export(root: str | Path, files: Mapping[str, list[dict]] | Iterable[di
     return Path(root)
 
 
-def payload_paths(payload: Any, path: tuple = ()) -> Iterable[str]:
-    """Dotted key paths of a payload's leaves (lists of objects are walked, ``events.0``)."""
+def payload_leaves(payload: Any, path: tuple = ()) -> Iterable[tuple[str, Any]]:
+    """(dotted key path, value) of a payload's leaves; lists of objects are walked
+    (``events.0.data``), empty objects are leaves."""
     if isinstance(payload, dict) and payload:
         for key, value in payload.items():
-            yield from payload_paths(value, path + (key,))
+            yield from payload_leaves(value, path + (key,))
     elif isinstance(payload, list) and payload and isinstance(payload[0], dict):
         for i, value in enumerate(payload):
-            yield from payload_paths(value, path + (str(i),))
+            yield from payload_leaves(value, path + (str(i),))
     else:
-        yield ".".join(path)
+        yield ".".join(path), payload
+
+
+def payload_paths(payload: Any) -> Iterable[str]:
+    """Dotted key paths of a payload's leaves."""
+    return (path for path, _ in payload_leaves(payload))
 
 
 def documented_keys(partner: str, event_type: str) -> tuple[set[str], set[str]]:
