@@ -21,11 +21,16 @@ from transforms import codec
 from transforms.types import SKIPPED, STATS, IdentifiedBatch, Record, ShardLines
 
 PARTNERS = ("amplitude", "mixpanel", "mparticle", "segment")
-_CONVERT: dict[str, Callable[[Any], Any]] = {
-    "seconds_to_millis": lambda t: t * 1000,
-    "seconds_to_iso8601": lambda t: _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime(t)),
-    "not": lambda b: not b,
-}
+
+
+def _iso8601(seconds: int) -> str:
+    """Epoch seconds -> ``2026-11-24T08:00:00Z``, the form Segment's API takes."""
+    return _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime(seconds))
+
+
+# conversion name -> Python expression over `v`
+_CONVERT = {"seconds_to_millis": "v * 1000", "seconds_to_iso8601": "_iso8601(v)",
+            "not": "not v"}
 
 
 def load_mapping(partner: str) -> dict:
@@ -33,97 +38,79 @@ def load_mapping(partner: str) -> dict:
     return read_json_resource(f"partners/{partner}.json")
 
 
-class _EventPlan:
-    """The compiled mapping of one (partner, event type): containers and copy operations."""
+def compile_plan(spec: dict, bag_path: str, config: dict,
+                 name_prefix: dict) -> Callable[[Record, dict], tuple]:
+    """Turn one (partner, event type) mapping into a function ``(record, identity) ->
+    (payload, None) | (None, reason)``.
 
-    def __init__(self, spec: dict, bag_path: str, config: dict, name_prefix: dict):
-        self.name = spec["name"]
-        self.name_prefix = name_prefix
-        expand = spec.get("expand_properties")
-        self.expand_prefix = None if expand is None else expand["prefix"]
-        self.known = frozenset(spec["known_fields"]) | {"event_type"}
-        self.containers: list[str] = [""]
-        self.links: list[tuple[int, str, int, bool]] = []
-        self.copies: list[tuple[int, str, str]] = []      # plain field -> key
-        self.ops: list[tuple[int, str, str, Any, Any, Any]] = []  # everything else
-        self.required: list[tuple[int, str, str]] = []
-        self.consts: list[tuple[int, str, Any]] = []
-        for entry in spec["fields"]:
-            parent, _, key = entry["to"].rpartition(".")
-            cidx = self._container(parent)
-            if "const" in entry:
-                self.consts.append((cidx, key, entry["const"]))
-                continue
-            source = entry["from"]
-            convert = _CONVERT[entry["convert"]] if "convert" in entry else None
-            when = tuple(entry["when"].items()) if "when" in entry else None
-            if source.startswith("@config."):
-                self.consts.append((cidx, key, config[source[8:]]))
-            elif source.startswith("@") or convert or when:
-                self.ops.append((cidx, key, source, convert, when, None))
+    The mapping stays data; this writes it out once per worker as straight-line Python
+    (one statement per destination key), several times faster per event than walking
+    the mapping, which matters at millions of events an hour.
+    """
+    consts: list[Any] = []
+    code = ["def build(r, ident):", "    g = r.get", "    c0 = {}"]
+    containers = {"": "c0"}
+
+    def container(path: str) -> str:
+        if path not in containers:
+            parent, _, key = path.rpartition(".")
+            var = f"c{len(containers)}"
+            containers[path] = var
+            if key.isdigit():  # a list of one object: mParticle's events[0]
+                grand, _, list_key = parent.rpartition(".")
+                code.append(f"    {var} = {{}}; {container(grand)}[{list_key!r}] = [{var}]")
             else:
-                self.copies.append((cidx, key, source))
-            if entry.get("required"):
-                self.required.append((cidx, key, entry["to"]))
-        self.bag = self._container(bag_path)
+                code.append(f"    {var} = {{}}; {container(parent)}[{key!r}] = {var}")
+        return containers[path]
 
-    def _container(self, path: str) -> int:
-        if path in self.containers:
-            return self.containers.index(path)
-        parent, _, key = path.rpartition(".")
-        if key.isdigit():  # a list of one object, e.g. mParticle's events[0]
-            list_path = parent
-            grand, _, list_key = list_path.rpartition(".")
-            pidx = self._container(grand)
-            self.containers.append(path)
-            self.links.append((pidx, list_key, len(self.containers) - 1, True))
-        else:
-            pidx = self._container(parent)
-            self.containers.append(path)
-            self.links.append((pidx, key, len(self.containers) - 1, False))
-        return len(self.containers) - 1
+    def const(value: Any) -> str:
+        consts.append(value)
+        return f"K[{len(consts) - 1}]" + (".copy()" if isinstance(value, (dict, list)) else "")
 
-    def event_name(self, record: Record) -> str:
-        if self.name is None:
-            return self.name_prefix["custom_event_prefix"] + str(record.get("name"))
-        return self.name_prefix["prefix"] + self.name
-
-    def build(self, record: Record, identity: dict) -> tuple[dict | None, str | None]:
-        cs = [{} for _ in self.containers]
-        for pidx, key, cidx, as_list in self.links:
-            cs[pidx][key] = [cs[cidx]] if as_list else cs[cidx]
-        for cidx, key, value in self.consts:
-            cs[cidx][key] = value.copy() if isinstance(value, (dict, list)) else value
-        get = record.get
-        for cidx, key, field in self.copies:
-            value = get(field)
-            if value is not None:
-                cs[cidx][key] = value
-        for cidx, key, source, convert, when, _ in self.ops:
-            if source == "@event_name":
-                value = self.event_name(record)
-            elif source.startswith("@identity."):
-                value = identity.get(source[10:])
+    required = []
+    for entry in spec["fields"]:
+        parent, _, key = entry["to"].rpartition(".")
+        target = f"{container(parent)}[{key!r}]"
+        source = entry.get("from")
+        if "const" in entry or source.startswith("@config."):
+            value = entry["const"] if "const" in entry else config[source[8:]]
+            code.append(f"    {target} = {const(value)}")
+            continue
+        if source == "@event_name":
+            if spec["name"] is None:  # a custom event: its own name, prefixed
+                code.append(f"    {target} = {const(name_prefix['custom_event_prefix'])}"
+                            f" + str(g('name'))")
             else:
-                value = get(source)
-                if when and any(get(f) != v for f, v in when):
-                    continue
-                if value is not None and convert:
-                    value = convert(value)
-            if value is not None:
-                cs[cidx][key] = value
-        bag = cs[self.bag]
-        if self.expand_prefix is not None and record.get("properties"):
-            prefix = self.expand_prefix
-            for k, v in orjson.loads(record["properties"]).items():
-                bag[prefix + k] = v
-        for k, v in record.items():
-            if k not in self.known and v is not None:
-                bag[k] = v
-        for cidx, key, path in self.required:
-            if key not in cs[cidx]:
-                return None, f"missing_required:{path}"
-        return cs[0], None
+                code.append(f"    {target} = {const(name_prefix['prefix'] + spec['name'])}")
+            continue
+        get = (f"ident.get({source[10:]!r})" if source.startswith("@identity.")
+               else f"g({source!r})")
+        indent = "    "
+        if "when" in entry:
+            cond = " and ".join(f"g({f!r}) == {const(v)}" for f, v in entry["when"].items())
+            code.append(f"    if {cond}:")
+            indent = "        "
+        code.append(f"{indent}v = {get}")
+        value = _CONVERT[entry["convert"]] if "convert" in entry else "v"
+        code.append(f"{indent}if v is not None: {target} = {value}")
+        if entry.get("required"):
+            required.append((container(parent), key, entry["to"]))
+    bag = container(bag_path)
+    expand = spec.get("expand_properties")
+    if expand is not None:
+        code += ["    props = g('properties')",
+                 "    if props:",
+                 f"        for k, v in loads(props).items(): {bag}[{const(expand['prefix'])} + k] = v"]
+    code += ["    for k in r.keys() - KNOWN:",  # fields Braze added later: kept
+             "        v = r[k]",
+             f"        if v is not None: {bag}[k] = v"]
+    for var, key, path in required:
+        code.append(f"    if {key!r} not in {var}: return None, {('missing_required:' + path)!r}")
+    code.append("    return c0, None")
+    namespace = {"K": consts, "KNOWN": frozenset(spec["known_fields"]) | {"event_type"},
+                 "loads": orjson.loads, "_iso8601": _iso8601}
+    exec(compile("\n".join(code), f"<mapping {name_prefix}>", "exec"), namespace)
+    return namespace["build"]
 
 
 class PartnerFormatter:
@@ -132,10 +119,10 @@ class PartnerFormatter:
     def __init__(self, partner: str, config: dict, mapping: dict | None = None):
         self.partner = partner
         mapping = mapping or load_mapping(partner)
-        self._plans: dict[str, _EventPlan | str] = {}
+        self._plans: dict[str, Callable | str] = {}
         for etype, spec in mapping["events"].items():
-            self._plans[etype] = (_EventPlan(spec, mapping["property_bag"], config,
-                                             mapping["event_name"])
+            self._plans[etype] = (compile_plan(spec, mapping["property_bag"], config,
+                                               mapping["event_name"])
                                   if spec["sendable"] else spec["reason"])
 
     def format(self, record: Record, identity: Any) -> tuple[dict | None, str | None]:
@@ -147,7 +134,7 @@ class PartnerFormatter:
             return None, plan
         if isinstance(identity, str):
             return None, identity
-        return plan.build(record, identity)
+        return plan(record, identity)
 
 
 class _Format(beam.DoFn):
