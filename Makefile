@@ -22,6 +22,11 @@ run: $(VENV)/.installed          ## run the pipeline on the bundled sample -> ./
 test: $(VENV)/.installed         ## run the whole test suite
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+EVENTS ?= 500000
+bench: $(VENV)/.installed        ## benchmark (README "Performance"): EVENTS=500000 by default
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[bench]'
+	$(BIN)/python -m bench.run --events $(EVENTS) $(ARGS)
+
 docs: $(VENV)/.installed         ## API reference from the docstrings -> docs/api/
 	$(BIN)/python -m pdoc -o docs/api transforms pipelines schemas
 

@@ -39,6 +39,7 @@ setup(
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100", "gcp-storage-emulator>=2024.8.3",
                  "pdoc>=14"],
+        "bench": ["psutil>=5.9"],
     },
     entry_points={"console_scripts": [
         "currents-to-partners=pipelines.currents_to_partners:main"]},

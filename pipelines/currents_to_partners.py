@@ -25,14 +25,14 @@ import uuid
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from pydantic import ValidationError
 
 from pipelines.options import RunConfig, parse
 from transforms import (DeduplicateEvents, FormatForPartner, ReadCurrentsExport,
                         ResolveIdentities, ValidateEvents)
 from transforms.partners import PARTNERS
-from transforms.read import has_export_files
+from transforms.read import export_size
 from transforms.sinks import SUMMARY, TEMPORARY, CommitOutputs, ShardRecords, WriteShards
 from transforms.summary import MergeStats, build_summary, file_stats, render_table
 
@@ -46,7 +46,6 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str) -> beam.PCollection:
     read = p | "ReadCurrentsExport" >> ReadCurrentsExport(cfg.input, cfg.batch_size)
     checked = read.rows | "ValidateEvents" >> ValidateEvents()
     unique = checked.valid | "DeduplicateEvents" >> DeduplicateEvents(n)
-    identified = unique.events | "ResolveIdentities" >> ResolveIdentities(cfg.partners)
 
     dead_letter = checked.dead_letter | "ShardDeadLetter" >> ShardRecords(
         n, shard_key=lambda d: f"{d['source']}\x00{d['row']}",
@@ -61,8 +60,10 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str) -> beam.PCollection:
         unique.duplicates | "WriteDuplicates" >> WriteShards(temp_dir, "duplicates", n),
         file_errors | "WriteFileErrors" >> WriteShards(temp_dir, "file_errors", 1),
     ]
-    stats = [checked.stats, unique.stats, identified.stats,
-             read.files | "FileStats" >> beam.Map(file_stats)]
+    stats = [checked.stats, unique.stats, read.files | "FileStats" >> beam.Map(file_stats)]
+    if cfg.partners:
+        identified = unique.events | "ResolveIdentities" >> ResolveIdentities(cfg.partners)
+        stats.append(identified.stats)
     for partner in cfg.partners:
         out = identified.identified | f"FormatFor[{partner}]" >> FormatForPartner(
             partner, cfg.partner_config())
@@ -80,6 +81,38 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str) -> beam.PCollection:
     make_summary = functools.partial(build_summary, partners=cfg.partners, shards=n)
     return p | "CommitOutputs" >> CommitOutputs(
         cfg.output, temp_dir, OUTPUT_FOLDERS, written, stats, make_summary)
+
+
+# Compressed Avro bytes per dedup shard (~15k events): one shard's events, parsed and
+# formatted for every partner, are what a worker holds at once, so shards grow with the
+# input instead of memory.
+SHARD_BYTES = 1_500_000
+MIN_SHARDS = 8
+
+
+def auto_shards(avro_bytes: int) -> int:
+    """Shards for an export of ``avro_bytes``: deterministic, so reruns match."""
+    return max(MIN_SHARDS, -(-avro_bytes // SHARD_BYTES))
+
+
+# Local runs of exports at least this big use both cores (worker processes cost ~2 s to
+# start and ~250 MB each: not worth it for a small export).
+PARALLEL_BYTES = 8 * 2**20
+LOCAL_WORKERS = 2
+
+
+def local_parallelism(beam_args: list[str], avro_bytes: int) -> list[str]:
+    """Beam arguments with local worker processes added for a big export on the
+    DirectRunner, unless the user chose a runner mode or worker count."""
+    chosen = " ".join(beam_args)
+    if ("--direct_num_workers" in chosen or "--direct_running_mode" in chosen
+            or avro_bytes < PARALLEL_BYTES or LOCAL_WORKERS < 2):
+        return beam_args
+    runner = PipelineOptions(beam_args).view_as(StandardOptions).runner
+    if runner not in (None, "DirectRunner", "direct", "FnApiRunner"):
+        return beam_args
+    return [*beam_args, f"--direct_num_workers={LOCAL_WORKERS}",
+            "--direct_running_mode=multi_processing"]
 
 
 def _fail(message: str, code: int) -> int:
@@ -111,17 +144,25 @@ def run(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         return _fail(str(exc), 2)
     try:
-        if not has_export_files(cfg.input):
-            return _fail(f"no .avro files found under {cfg.input}", 2)
+        files, size = export_size(cfg.input)
     except Exception as exc:
         return _fail(f"cannot list {cfg.input}: {exc}", 2)
+    if not files:
+        return _fail(f"no .avro files found under {cfg.input}", 2)
+    if cfg.shards is None:
+        cfg = cfg.model_copy(update={"shards": auto_shards(size)})
+    beam_args = local_parallelism(beam_args, size)
     temp_dir = FileSystems.join(cfg.output, TEMPORARY, uuid.uuid4().hex)
     try:
         _check_output_writable(temp_dir)
     except Exception as exc:
         return _fail(f"cannot write to {cfg.output}: {exc}", 2)
 
-    print(f"Reading {cfg.input}\nWriting {cfg.output}", flush=True)
+    print(f"Reading {files} files ({size / 2**20:.1f} MiB) under {cfg.input}\n"
+          f"Writing {cfg.output} ({cfg.shards} shards)", flush=True)
+    if f"--direct_num_workers={LOCAL_WORKERS}" in beam_args[-2:]:
+        print(f"Using {LOCAL_WORKERS} local worker processes "
+              "(--direct_num_workers=1 for one process)", flush=True)
     started = time.monotonic()
     options = PipelineOptions(beam_args, save_main_session=False)
     try:

@@ -25,7 +25,7 @@ class RunConfig(BaseModel):
     input: str
     output: str
     partners: tuple[str, ...] = PARTNERS
-    shards: int = Field(8, ge=1, le=100_000)
+    shards: int | None = Field(None, ge=1, le=100_000)  # None: from the input size
     batch_size: int = Field(2000, ge=1)
     max_invalid_ratio: float | None = Field(None, ge=0.0, le=1.0)
     mixpanel_token: SecretStr | None = None
@@ -100,8 +100,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--mparticle-environment", dest="mparticle_environment",
                     default="production", choices=("production", "development"),
                     help="mParticle environment of each batch (default: production)")
-    ap.add_argument("--shards", type=int, default=8,
-                    help="output files per folder, and dedup parallelism (default: 8)")
+    ap.add_argument("--shards", type=int, default=None,
+                    help="output files per folder, and dedup parallelism. Default: from "
+                         "the input size, one shard per ~1.5 MB of Avro (~15k events), "
+                         "at least 8: memory per worker stays flat as exports grow")
     ap.add_argument("--batch-size", dest="batch_size", type=int, default=2000,
                     help="rows per element moved between steps (default: 2000)")
     ap.add_argument("--max-invalid-ratio", dest="max_invalid_ratio", type=float, default=None,

@@ -28,3 +28,23 @@ def test_parse_events_gives_one_dict_per_event():
         out = p | beam.Create([(0, [dumps(e) for e in events[:2]]), (1, [dumps(events[2])])]) \
             | ParseEvents()
         assert_that(out, equal_to(events))
+
+
+def test_batch_coder_round_trips_and_estimates_without_walking_every_row():
+    from apache_beam.coders import registry
+    from transforms.types import BatchCoder, RowBatch
+    coder = registry.get_coder(RowBatch)
+    assert isinstance(coder, BatchCoder)
+    rows = [{"id": str(i), "time": 1_795_507_200, "x": None} for i in range(1000)]
+    batch = ("users.messages.email.Click", "f.avro", 0, rows, {3: ("invalid_utf8", "bad")})
+    assert coder.decode(coder.encode(batch)) == batch
+    estimate = coder.estimate_size(batch)
+    assert 0.2 < estimate / len(coder.encode(batch)) < 5
+
+
+def test_batch_hints_still_accept_plain_tuples_and_reject_other_types():
+    from apache_beam.typehints import Tuple, List, Dict, Any, Optional, typehints
+    from transforms.types import RowBatch
+    plain = Tuple[str, str, int, List[Dict[str, Any]], Optional[Dict[int, Tuple[str, str]]]]
+    assert typehints.is_consistent_with(plain, RowBatch)
+    assert not typehints.is_consistent_with(str, RowBatch)

@@ -179,3 +179,17 @@ def test_max_invalid_ratio_fails_after_writing_everything(tmp_path, capsys):
     assert (out / "summary.json").exists()
     assert "exceeds --max-invalid-ratio" in capsys.readouterr().err
     assert run(["--output", str(out), "--max-invalid-ratio", "0.5", *WITH_TOKEN]) == 0
+
+
+def test_shards_and_local_workers_follow_the_input_size():
+    from pipelines.currents_to_partners import (MIN_SHARDS, PARALLEL_BYTES, SHARD_BYTES,
+                                                auto_shards, local_parallelism)
+    assert auto_shards(0) == MIN_SHARDS
+    assert auto_shards(100 * SHARD_BYTES) == 100
+    assert auto_shards(100 * SHARD_BYTES + 1) == 101
+    assert local_parallelism([], PARALLEL_BYTES - 1) == []  # small: one process
+    assert local_parallelism([], PARALLEL_BYTES) == [
+        "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+    for chosen in (["--direct_num_workers=1"], ["--direct_running_mode", "in_memory"],
+                   ["--runner", "DataflowRunner"]):
+        assert local_parallelism(chosen, PARALLEL_BYTES) == chosen

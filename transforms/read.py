@@ -34,6 +34,12 @@ def has_export_files(path: str) -> bool:
     return bool(FileSystems.match([export_pattern(path)], limits=[1])[0].metadata_list)
 
 
+def export_size(path: str) -> tuple[int, int]:
+    """(number of Avro files, their total bytes) under ``path``."""
+    found = FileSystems.match([export_pattern(path)])[0].metadata_list
+    return len(found), sum(m.size_in_bytes for m in found)
+
+
 def event_type_from_path(path: str) -> str | None:
     m = _EVENT_TYPE_SEGMENT.search(path)
     return m.group(1) if m else None
