@@ -6,6 +6,7 @@ of the normal suite: a missing data file would otherwise show up only on Dataflo
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -22,8 +23,14 @@ def _run(cmd, timeout, **kwargs):
 
 
 def test_wheel_installs_into_a_clean_venv_and_runs_the_bundled_sample(tmp_path):
-    dist = tmp_path / "dist"
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", dist, REPO],
+    # built from a copy: an in-tree build/ could carry files deleted since into the wheel
+    src, dist = tmp_path / "src", tmp_path / "dist"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in ("pipelines", "transforms", "schemas"):
+        shutil.copytree(REPO / folder, src / folder, ignore=ignore)
+    for name in ("setup.py", "constraints.txt", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", dist, src],
          timeout=150)
     (wheel,) = dist.glob("braze_currents_beam-*.whl")
 
