@@ -25,9 +25,11 @@ import uuid
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
+                                                  StandardOptions, TestOptions)
 from pydantic import ValidationError
 
+from pipelines.gcs import emulator_args
 from pipelines.options import RunConfig, parse
 from transforms import (DeduplicateEvents, FormatForPartner, ReadCurrentsExport,
                         ResolveIdentities, ValidateEvents)
@@ -40,6 +42,15 @@ OUTPUT_FOLDERS = ("events", "dead_letter", "duplicates", "file_errors") + tuple(
     f"partners/{p}{sub}" for p in PARTNERS for sub in ("", "/_skipped"))
 
 
+def input_root(path: str) -> str:
+    """The folder an export's files are named from: ``--input`` itself, or its folder
+    for a single file or a glob (so gs:// and local copies of an export shard alike)."""
+    if path.endswith(".avro") or any(c in path for c in "*?["):
+        return path[:min([path.find(c) for c in "*?[" if c in path] or [len(path)])
+                    ].rsplit("/", 1)[0] + "/"
+    return path.rstrip("/") + "/"
+
+
 def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str) -> beam.PCollection:
     """Compose the pipeline on ``p``; returns the single-element summary PCollection."""
     n = cfg.shards
@@ -47,8 +58,9 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str) -> beam.PCollection:
     checked = read.rows | "ValidateEvents" >> ValidateEvents()
     unique = checked.valid | "DeduplicateEvents" >> DeduplicateEvents(n)
 
+    root = input_root(cfg.input)  # shard by the path within the export, not its location
     dead_letter = checked.dead_letter | "ShardDeadLetter" >> ShardRecords(
-        n, shard_key=lambda d: f"{d['source']}\x00{d['row']}",
+        n, shard_key=lambda d: f"{d['source'].removeprefix(root)}\x00{d['row']}",
         sort_key=lambda d: (d["source"], d["row"]))
     file_errors = (read.files
                    | "OnlyFileErrors" >> beam.Filter(lambda f: f["reason"] is not None)
@@ -127,6 +139,12 @@ def _check_output_writable(temp_dir: str) -> None:
     FileSystems.delete([probe])
 
 
+def _job_not_run_here(options: PipelineOptions) -> bool:
+    """A Dataflow dry run or template build: the graph was made, nothing was run."""
+    return bool(options.view_as(TestOptions).dry_run
+                or options.view_as(GoogleCloudOptions).template_location)
+
+
 def read_summary(output: str) -> dict:
     import json
     with FileSystems.open(FileSystems.join(output, SUMMARY)) as fo:
@@ -143,6 +161,7 @@ def run(argv: list[str] | None = None) -> int:
             + e["msg"].removeprefix("Value error, ") for e in exc.errors()), 2)
     except ValueError as exc:
         return _fail(str(exc), 2)
+    beam_args = emulator_args(beam_args)
     try:
         files, size = export_size(cfg.input)
     except Exception as exc:
@@ -168,6 +187,9 @@ def run(argv: list[str] | None = None) -> int:
     try:
         with beam.Pipeline(options=options) as p:
             build(p, cfg, temp_dir)
+        if _job_not_run_here(options):
+            print("Dataflow job built (--dry_run or --template_location), not run: no outputs")
+            return 0
         summary = read_summary(cfg.output)
     except Exception as exc:
         logging.getLogger(__name__).debug("run failed", exc_info=True)

@@ -77,6 +77,8 @@ Exit codes: 0 success; 1 run failed or --max-invalid-ratio exceeded; 2 bad optio
 
 
 def parser() -> argparse.ArgumentParser:
+    """Our options; each also has its underscore spelling (``--batch_size``), as Beam's
+    options and Dataflow Flex Template parameters (dataflow/metadata.json) have."""
     ap = argparse.ArgumentParser(
         prog="python -m pipelines.currents_to_partners",
         description="Turn a raw Braze Currents export (Avro) into clean, deduplicated "
@@ -92,21 +94,23 @@ def parser() -> argparse.ArgumentParser:
                     help="comma-separated partners to format payloads for, under "
                          f"partners/<partner>/ (default: {','.join(PARTNERS)}); "
                          "'' for none (events only)")
-    ap.add_argument("--mixpanel-token", dest="mixpanel_token",
+    ap.add_argument("--mixpanel-token", "--mixpanel_token", dest="mixpanel_token",
                     default=os.environ.get("MIXPANEL_TOKEN"),
                     help="Mixpanel project token, put in each Mixpanel payload "
                          "(default: $MIXPANEL_TOKEN). Required when mixpanel is selected; "
                          "never logged nor written to the summary")
-    ap.add_argument("--mparticle-environment", dest="mparticle_environment",
+    ap.add_argument("--mparticle-environment", "--mparticle_environment",
+                    dest="mparticle_environment",
                     default="production", choices=("production", "development"),
                     help="mParticle environment of each batch (default: production)")
     ap.add_argument("--shards", type=int, default=None,
                     help="output files per folder, and dedup parallelism. Default: from "
                          "the input size, one shard per ~1.5 MB of Avro (~15k events), "
                          "at least 8: memory per worker stays flat as exports grow")
-    ap.add_argument("--batch-size", dest="batch_size", type=int, default=2000,
+    ap.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=2000,
                     help="rows per element moved between steps (default: 2000)")
-    ap.add_argument("--max-invalid-ratio", dest="max_invalid_ratio", type=float, default=None,
+    ap.add_argument("--max-invalid-ratio", "--max_invalid_ratio", dest="max_invalid_ratio",
+                    type=float, default=None,
                     help="fail the run (exit 1, after writing everything) when "
                          "invalid/rows_read exceeds this ratio (default: off)")
     return ap

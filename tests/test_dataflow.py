@@ -1,0 +1,132 @@
+"""The Dataflow job, built offline (``--dry_run=True``), and the Flex Template's metadata.
+
+A dry run makes the whole job (the portable pipeline proto with its steps, and the
+package built from ``--setup_file``) and returns before Beam creates its Dataflow client:
+no staging, no credentials, no request to Google. The tests make sure of it: asking for
+credentials or creating the Dataflow client fails them, and names other than this
+machine's do not resolve (conftest).
+"""
+import json
+
+import apache_beam as beam
+import pytest
+from apache_beam.internal.gcp import auth
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.dataflow.internal import apiclient
+
+from pipelines.currents_to_partners import build, run
+from pipelines.options import parse, parser
+from tests.conftest import REPO
+
+STEPS = {"ReadCurrentsExport", "ValidateEvents", "DeduplicateEvents", "ResolveIdentities",
+         "CommitOutputs", *(f"FormatFor[{p}]" for p in ("amplitude", "mixpanel", "mparticle",
+                                                          "segment"))}
+DATAFLOW = ["--runner", "DataflowRunner", "--dry_run=True", "--project", "my-project",
+            "--region", "europe-west1", "--temp_location", "gs://my-temp-bucket/tmp",
+            "--setup_file", str(REPO / "setup.py"), "--machine_type", "n2-standard-4",
+            "--max_num_workers", "20", "--experiments=use_runner_v2"]
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Fail the test if the dry run looks up credentials or starts staging/submitting."""
+    def refuse(*_, **__):
+        raise AssertionError("a dry run must not authenticate nor contact Dataflow")
+    monkeypatch.setattr(auth._Credentials, "_get_service_credentials", staticmethod(refuse))
+    monkeypatch.setattr(apiclient, "DataflowApplicationClient", refuse)
+
+
+def test_dataflow_job_is_built_offline_with_the_pipeline_steps(offline, tmp_path):
+    cfg, _ = parse(["--input", "gs://my-input-bucket/currents", "--output",
+                    "gs://my-output-bucket/run", "--mixpanel-token", "mp-placeholder"])
+    p = beam.Pipeline(options=PipelineOptions(DATAFLOW, save_main_session=False))
+    build(p, cfg, "gs://my-output-bucket/run/_temporary/dry")
+    result = p.run()
+    job = result.job
+    assert result.state == "DONE"
+    assert job.proto.name and job.proto.type_.name == "JOB_TYPE_BATCH"
+    components = job.proto_pipeline.components
+    top = {t.unique_name for t in components.transforms.values() if "/" not in t.unique_name}
+    assert STEPS <= top
+    # what each step is made of, as the job graph names it
+    names = {t.unique_name for t in components.transforms.values()}
+    assert {"ReadCurrentsExport/MatchFiles", "DeduplicateEvents/GroupByShard",
+            "CommitOutputs/Commit"} <= names
+    # the workers get our package: the sdist built from --setup_file is a staged artifact
+    staged = [a.role_payload for env in components.environments.values()
+              for a in env.dependencies]
+    assert any(b"workflow.tar.gz" in payload for payload in staged)
+    options = job.options.get_all_options()
+    assert (options["project"], options["region"], options["machine_type"]) == (
+        "my-project", "europe-west1", "n2-standard-4")
+
+
+def test_cli_dry_run_checks_gs_paths_and_writes_nothing(offline, gcs_emulator, capsys):
+    """The real command line: the input is listed and the output probed (on the
+    emulator), the job is built, nothing runs and no summary is looked for."""
+    gcs_emulator.bucket("dry-run-in")
+    gcs_emulator.bucket("dry-run-out")
+    from pipelines.options import bundled_sample
+    gcs_emulator.upload_tree(bundled_sample(), "dry-run-in", "currents")
+    code = run(["--input", "gs://dry-run-in/currents", "--output", "gs://dry-run-out/run",
+                "--mixpanel-token", "mp-placeholder", *DATAFLOW])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "Dataflow job built" in out
+    assert [b.name for b in gcs_emulator.client.list_blobs("dry-run-out")] == []
+
+
+def flex_template_metadata() -> dict:
+    return json.loads((REPO / "dataflow" / "metadata.json").read_text())
+
+
+def test_flex_template_metadata_is_valid_for_the_dataflow_api():
+    from google.cloud.dataflow_v1beta3 import TemplateMetadata
+    meta = TemplateMetadata.from_json(json.dumps(flex_template_metadata()))
+    assert meta.name and meta.description and len(meta.parameters) == 8
+
+
+def test_flex_template_parameters_are_the_cli_options():
+    """metadata.json cannot drift from the command line: same options, same help."""
+    ours = {a.dest: a for a in parser()._actions if a.option_strings and a.dest != "help"}
+    params = {p["name"]: p for p in flex_template_metadata()["parameters"]}
+    assert set(params) == set(ours)
+    for name, param in params.items():
+        option = ours[name]
+        assert f"--{name}" in option.option_strings, name  # the launcher passes --name=value
+        assert param["isOptional"] == (name not in ("input", "output")), name
+        assert param["helpText"] == option.help, name
+        if option.choices:
+            assert param["regexes"] == ["^(" + "|".join(option.choices) + ")$"], name
+    # no default token in the template: optional, needed only with mixpanel in partners
+    assert params["mixpanel_token"]["isOptional"] and "defaultValue" not in params[
+        "mixpanel_token"]
+    assert params["input"]["paramType"] == "GCS_READ_FOLDER"
+    assert params["output"]["paramType"] == "GCS_WRITE_FOLDER"
+
+
+def test_flex_template_parameters_reach_the_pipeline_config():
+    """As the launcher passes them (--name=value): ours, none left over for Beam."""
+    import re
+    values = {"input": "gs://b/in", "output": "gs://b/out", "partners": "segment,mixpanel",
+              "mixpanel_token": "t0k", "mparticle_environment": "development", "shards": "3",
+              "batch_size": "500", "max_invalid_ratio": "0.25"}
+    for p in flex_template_metadata()["parameters"]:
+        for regex in p.get("regexes", []):
+            assert re.fullmatch(regex, values[p["name"]]), p["name"]
+    cfg, beam_args = parse([f"--{k}={v}" for k, v in values.items()])
+    assert beam_args == []
+    assert (cfg.input, cfg.output, cfg.partners, cfg.mparticle_environment, cfg.shards,
+            cfg.batch_size, cfg.max_invalid_ratio) == (
+        "gs://b/in", "gs://b/out", ("segment", "mixpanel"), "development", 3, 500, 0.25)
+    assert cfg.partner_config()["mixpanel_token"] == "t0k"
+
+
+def test_dockerfile_uses_the_launcher_image_and_the_pins():
+    text = (REPO / "dataflow" / "Dockerfile").read_text()
+    assert "FROM gcr.io/dataflow-templates-base/python311-template-launcher-base" in text
+    assert 'FLEX_TEMPLATE_PYTHON_PY_FILE="${WORKDIR}/pipelines/currents_to_partners.py"' in text
+    assert 'FLEX_TEMPLATE_PYTHON_SETUP_FILE="${WORKDIR}/setup.py"' in text
+    assert "pip install --no-cache-dir -c constraints.txt ." in text
+    for copied in ("setup.py constraints.txt", "pipelines/", "transforms/", "schemas/"):
+        assert f"COPY {copied}" in text
