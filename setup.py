@@ -38,7 +38,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100", "gcp-storage-emulator>=2024.8.3",
-                 "pdoc>=14"],
+                 "pdoc>=14", "psutil>=5.9"],
         "bench": ["psutil>=5.9"],
     },
     entry_points={"console_scripts": [

@@ -52,8 +52,11 @@ def input_root(path: str) -> str:
 
 
 def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str) -> beam.PCollection:
-    """Compose the pipeline on ``p``; returns the single-element summary PCollection."""
-    n = cfg.shards
+    """Compose the pipeline on ``p``; returns the single-element summary PCollection.
+
+    ``cfg.shards`` None means ``MIN_SHARDS`` here; ``run`` sizes it from the input first.
+    """
+    n = cfg.shards or MIN_SHARDS
     read = p | "ReadCurrentsExport" >> ReadCurrentsExport(cfg.input, cfg.batch_size)
     checked = read.rows | "ValidateEvents" >> ValidateEvents()
     unique = checked.valid | "DeduplicateEvents" >> DeduplicateEvents(n)

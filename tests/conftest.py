@@ -6,7 +6,7 @@ from pathlib import Path
 
 os.environ.setdefault("NO_GCE_CHECK", "True")
 os.environ.setdefault("GCE_METADATA_HOST", "127.0.0.1:1")  # fail fast, never hang
-os.environ.setdefault("GCE_METADATA_IP", "127.0.0.1:1")
+os.environ.setdefault("GCE_METADATA_IP", "127.0.0.1:1")    # (the ping google-auth tries)
 
 import pytest  # noqa: E402
 
