@@ -4,7 +4,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms import ReadCurrentsExport
-from transforms.read import event_type_from_path, event_type_from_schema, has_export_files
+from transforms.read import event_type_from_path, event_type_from_schema, export_size
 from transforms.testing import avro_bytes, avro_schema, export_path, make_record, write_export
 
 CLICK = "users.messages.email.Click"
@@ -81,7 +81,8 @@ def test_helpers():
     assert event_type_from_schema({"name": "Other"}) is None
 
 
-def test_has_export_files(tmp_path):
-    assert not has_export_files(str(tmp_path))
-    write_export(tmp_path, {CLICK: [make_record(CLICK)]})
-    assert has_export_files(str(tmp_path))
+def test_export_size_counts_files_and_bytes(tmp_path):
+    assert export_size(str(tmp_path)) == (0, 0)
+    root = write_export(tmp_path, {CLICK: [make_record(CLICK)]})
+    (avro,) = root.rglob("*.avro")
+    assert export_size(str(tmp_path)) == (1, avro.stat().st_size)

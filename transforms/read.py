@@ -29,11 +29,6 @@ def export_pattern(path: str) -> str:
     return path.rstrip("/") + "/**.avro"
 
 
-def has_export_files(path: str) -> bool:
-    """Whether at least one Avro file matches (checked before a run starts)."""
-    return bool(FileSystems.match([export_pattern(path)], limits=[1])[0].metadata_list)
-
-
 def export_size(path: str) -> tuple[int, int]:
     """(number of Avro files, their total bytes) under ``path``."""
     found = FileSystems.match([export_pattern(path)])[0].metadata_list
