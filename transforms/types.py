@@ -58,9 +58,9 @@ def _estimate(value: Any) -> int:
     """Rough encoded size for Beam's metrics: a list counts as its length times its first item."""
     if isinstance(value, (str, bytes)):
         return len(value) + 1
-    if isinstance(value, (list, tuple)):
-        if isinstance(value, list):
-            return 1 + len(value) * _estimate(value[0]) if value else 1
+    if isinstance(value, list):
+        return 1 + len(value) * _estimate(value[0]) if value else 1
+    if isinstance(value, tuple):
         return sum(_estimate(v) for v in value)
     if isinstance(value, dict):
         return sum(_estimate(k) + _estimate(v) for k, v in value.items()) + 1
