@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import zstandard
 
-_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+_OPTS = orjson.OPT_SORT_KEYS  # Avro field names and map keys are always strings
 
 
 def _default(value: Any) -> Any:
