@@ -25,31 +25,34 @@ PARTNERS = ("amplitude", "mixpanel", "mparticle", "segment")
 Identity = Union[dict, str]
 
 
+def _present(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
+
+
 def _amplitude(r: Record) -> Identity:
     ext, device = r.get("external_user_id"), r.get("device_id")
-    has_device = device.__class__ is str and device != ""
-    if ext.__class__ is str and ext != "":
-        return {"user_id": ext, "device_id": device if has_device else None}
-    if has_device:
+    if _present(ext):
+        return {"user_id": ext, "device_id": device if _present(device) else None}
+    if _present(device):
         return {"user_id": None, "device_id": device}
     return "no_external_id_or_device_id"
 
 
 def _mixpanel(r: Record) -> Identity:
     ext = r.get("external_user_id")
-    return {"distinct_id": ext} if ext.__class__ is str and ext != "" else "no_external_id"
+    return {"distinct_id": ext} if _present(ext) else "no_external_id"
 
 
 def _mparticle(r: Record) -> Identity:
     ext = r.get("external_user_id")
-    return {"customerid": ext} if ext.__class__ is str and ext != "" else "no_external_id"
+    return {"customerid": ext} if _present(ext) else "no_external_id"
 
 
 def _segment(r: Record) -> Identity:
     braze, ext = r.get("user_id"), r.get("external_user_id")
-    if braze.__class__ is not str or braze == "":
+    if not _present(braze):
         return "no_braze_id"
-    return {"anonymousId": braze, "userId": ext if ext.__class__ is str and ext != "" else None}
+    return {"anonymousId": braze, "userId": ext if _present(ext) else None}
 
 
 RULES: dict[str, Callable[[Record], Identity]] = {
@@ -78,12 +81,12 @@ class _Resolve(beam.DoFn):
             identities = {}
             for partner, rule in rules:
                 identity = identities[partner] = rule(record)
-                counts[partner, identity if identity.__class__ is str else None] += 1
+                counts[partner, identity if isinstance(identity, str) else None] += 1
             out.append((record, identities))
         yield shard, out
         stats = {(f"partners/{p}/not_eligible/{reason}" if reason else f"partners/{p}/eligible"): n
                  for (p, reason), n in counts.items()}
-        yield beam.pvalue.TaggedOutput(STATS, dict(stats))
+        yield beam.pvalue.TaggedOutput(STATS, stats)
 
 
 @beam.typehints.with_input_types(ShardLines)

@@ -1,7 +1,8 @@
 """FormatForPartner: deduplicated events -> the payload a partner's ingestion API takes.
 
-One interpreter for every partner and event type: the mapping is data
-(``schemas/partners/<partner>.json``, generated from the seed tabs). Each destination key
+One formatter for every partner and event type: the mapping is data
+(``schemas/partners/<partner>.json``, generated from the seed tabs), compiled per worker
+into one small function per (partner, event type). Each destination key
 is a constant or takes its value from a Currents field, the partner's event name, the
 identity chosen by ResolveIdentities, or a run option (token, environment). Custom event
 and purchase ``properties`` are expanded into the property bag with the documented
