@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from transforms.identities import PARTNERS
+from transforms.read import BATCH_SIZE
 
 
 def bundled_sample() -> str:
@@ -26,7 +27,7 @@ class RunConfig(BaseModel):
     output: str
     partners: tuple[str, ...] = PARTNERS
     shards: int | None = Field(None, ge=1, le=100_000)  # None: from the input size
-    batch_size: int = Field(2000, ge=1)
+    batch_size: int = Field(BATCH_SIZE, ge=1)
     max_invalid_ratio: float | None = Field(None, ge=0.0, le=1.0)
     mixpanel_token: SecretStr | None = None
     mparticle_environment: Literal["production", "development"] = "production"
@@ -107,8 +108,10 @@ def parser() -> argparse.ArgumentParser:
                     help="output files per folder, and dedup parallelism. Default: from "
                          "the input size, one shard per ~1.5 MB of Avro (~15k events), "
                          "at least 8: memory per worker stays flat as exports grow")
-    ap.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=2000,
-                    help="rows per element moved between steps (default: 2000)")
+    ap.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int,
+                    default=BATCH_SIZE,
+                    help=f"rows per element moved between steps (default: {BATCH_SIZE}, a "
+                         "whole Currents file: fewer, better-compressed shuffle values)")
     ap.add_argument("--max-invalid-ratio", "--max_invalid_ratio", dest="max_invalid_ratio",
                     type=float, default=None,
                     help="fail the run (exit 1, after writing everything) when "

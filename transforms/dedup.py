@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import zlib
 from collections import Counter, defaultdict
+from operator import itemgetter
 from typing import Any, Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms import codec
+from transforms.gcpause import paused_gc
 from transforms.types import DUPLICATES, STATS, ShardLines, ValidBatch
 
 
@@ -34,12 +36,18 @@ class _ScatterToShards(beam.DoFn):
     def process(self, batch: ValidBatch) -> Iterator[tuple[int, bytes]]:
         source, items = batch
         by_shard: dict[int, list] = defaultdict(list)
-        n = self._num_shards
-        for row, event_type, event_id, payload in items:
-            by_shard[shard_of(event_type, event_id, n)].append(
-                (event_type, event_id, payload, row))
-        for shard, entries in by_shard.items():
-            yield shard, codec.pack((source, entries))
+        n, crc32 = self._num_shards, zlib.crc32
+        prefix: dict[str, int] = {}  # event type -> CRC of "<type>\x00", so each row
+        with paused_gc():            # only hashes its id: the same value as shard_of
+            for row, event_type, event_id, payload in items:
+                seed = prefix.get(event_type)
+                if seed is None:
+                    seed = prefix[event_type] = crc32(f"{event_type}\x00".encode())
+                shard = crc32(event_id.encode("utf-8", "surrogatepass"), seed) % n
+                by_shard[shard].append((event_type, event_id, payload, row))
+            packed = [(shard, codec.pack((source, entries)))
+                      for shard, entries in by_shard.items()]
+        yield from packed
 
 
 class _KeepOnePerKey(beam.DoFn):
@@ -49,7 +57,10 @@ class _KeepOnePerKey(beam.DoFn):
         self._dropped = Metrics.counter("currents", "duplicates_dropped")
 
     def process(self, element: tuple[int, Iterable[bytes]]) -> Iterator[Any]:
-        shard, blobs = element
+        with paused_gc():
+            yield from self._keep_one(*element)
+
+    def _keep_one(self, shard: int, blobs: Iterable[bytes]) -> Iterator[Any]:
         best: dict[tuple[str, str], tuple[bytes, str, int]] = {}
         dropped: list[tuple[tuple[str, str], bytes, str, int]] = []
         for blob in blobs:
@@ -66,9 +77,9 @@ class _KeepOnePerKey(beam.DoFn):
                 else:
                     dropped.append((key, *copy))
         stats: Counter = Counter(valid=len(best), duplicates_dropped=len(dropped))
+        for event_type, n in Counter(map(itemgetter(0), best)).items():
+            stats[f"by_event_type/{event_type}"] = n
         keys = sorted(best)
-        for key in keys:
-            stats[f"by_event_type/{key[0]}"] += 1
         yield shard, [best[k][0] for k in keys]
         if dropped:
             lines = []

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator, Union
 import apache_beam as beam
 
 from transforms import codec
+from transforms.gcpause import paused_gc
 from transforms.types import STATS, IdentifiedBatch, Record, ShardLines
 
 PARTNERS = ("amplitude", "mixpanel", "mparticle", "segment")
@@ -73,19 +74,24 @@ class _Resolve(beam.DoFn):
     def process(self, element: ShardLines) -> Iterator[Any]:
         shard, lines = element
         rules = [(p, RULES[p]) for p in self._partners]
-        counts: Counter = Counter()  # (partner, reason or None)
+        not_eligible: Counter = Counter()  # (partner, reason); most events are eligible
         out = []
         loads = codec.loads
-        for line in lines:
-            record = loads(line)
-            identities = {}
-            for partner, rule in rules:
-                identity = identities[partner] = rule(record)
-                counts[partner, identity if isinstance(identity, str) else None] += 1
-            out.append((record, identities))
-        yield shard, out
-        stats = {(f"partners/{p}/not_eligible/{reason}" if reason else f"partners/{p}/eligible"): n
-                 for (p, reason), n in counts.items()}
+        with paused_gc():
+            for line in lines:
+                record = loads(line)
+                identities = {}
+                for partner, rule in rules:
+                    identity = identities[partner] = rule(record)
+                    if type(identity) is str:
+                        not_eligible[partner, identity] += 1
+                out.append((record, identities))
+            yield shard, out
+        stats = {f"partners/{p}/not_eligible/{reason}": n
+                 for (p, reason), n in not_eligible.items()}
+        for p in self._partners:
+            stats[f"partners/{p}/eligible"] = len(out) - sum(
+                n for (q, _), n in not_eligible.items() if q == p)
         yield beam.pvalue.TaggedOutput(STATS, stats)
 
 

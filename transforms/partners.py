@@ -20,9 +20,11 @@ import orjson
 
 from schemas.catalogue import read_json_resource
 from transforms import codec
+from transforms.gcpause import paused_gc
 from transforms.types import SKIPPED, STATS, IdentifiedBatch, Record, ShardLines
 
 PARTNERS = ("amplitude", "mixpanel", "mparticle", "segment")
+NO_MAPPING = "no_mapping_for_event_type"
 
 
 def _iso8601(seconds: int) -> str:
@@ -135,11 +137,13 @@ class PartnerFormatter:
                                                mapping["event_name"])
                                   if spec["sendable"] else spec["reason"])
 
+    def plan(self, event_type: str | None) -> Callable | str:
+        """The compiled builder of an event type, or why it is not sent to this partner."""
+        return self._plans.get(event_type, NO_MAPPING)
+
     def format(self, record: Record, identity: Any) -> tuple[dict | None, str | None]:
         """(payload, None), or (None, reason) when the event is not sent to this partner."""
-        plan = self._plans.get(record.get("event_type"))
-        if plan is None:
-            return None, "no_mapping_for_event_type"
+        plan = self.plan(record.get("event_type"))
         if isinstance(plan, str):
             return None, plan
         if isinstance(identity, str):
@@ -156,21 +160,31 @@ class _Format(beam.DoFn):
 
     def process(self, element: tuple[int, list]) -> Iterator[Any]:
         shard, items = element
-        fmt, partner, dumps = self._formatter.format, self._partner, orjson.dumps
+        partner, dumps, plans = self._partner, orjson.dumps, self._formatter._plans
         lines, skipped = [], []
+        with paused_gc():
+            for record, identities in items:  # PartnerFormatter.format, inlined
+                event_type = record.get("event_type")
+                plan = plans.get(event_type, NO_MAPPING)
+                identity = identities[partner]
+                if type(plan) is str:
+                    reason = plan
+                elif type(identity) is str:
+                    reason = identity
+                else:
+                    payload, reason = plan(record, identity)
+                    if payload is not None:
+                        lines.append(dumps(payload))
+                        continue
+                skipped.append((event_type, record.get("id"), reason))
+            yield shard, lines
         stats: Counter = Counter()
-        for record, identities in items:
-            payload, reason = fmt(record, identities[partner])
-            if payload is None:
-                stats[f"partners/{partner}/skipped/{reason}"] += 1
-                skipped.append(codec.dumps({"event_type": record.get("event_type"),
-                                            "id": record.get("id"), "reason": reason}))
-            else:
-                lines.append(dumps(payload))
+        for _, _, reason in skipped:
+            stats[f"partners/{partner}/skipped/{reason}"] += 1
         stats[f"partners/{partner}/written"] += len(lines)
-        yield shard, lines
         if skipped:
-            yield beam.pvalue.TaggedOutput(SKIPPED, (shard, skipped))
+            yield beam.pvalue.TaggedOutput(SKIPPED, (shard, [
+                codec.dumps({"event_type": t, "id": i, "reason": r}) for t, i, r in skipped]))
         yield beam.pvalue.TaggedOutput(STATS, dict(stats))
 
 
