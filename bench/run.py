@@ -141,12 +141,41 @@ def main(argv: list[str] | None = None) -> int:
         ratios["d/b CPU"] = results["d"]["cpu_s"] / results["b"]["cpu_s"]
     for name, value in ratios.items():
         print(f"{name}: {value:.2f}")
+    targets = check_targets(results, ratios)
+    if targets:
+        print("targets (issue 6, set for 500k events on 2 cores):")
+        for name, (value, met) in targets.items():
+            print(f"  {name:<22} {value:8.2f}  {'met' if met else 'NOT met'}")
     if args.json:
         for r in results.values():
             r.pop("log", None)
-        args.json.write_text(json.dumps({"rows": rows, "events": args.events,
-                                         "results": results, "ratios": ratios}, indent=2))
+        args.json.write_text(json.dumps({
+            "rows": rows, "events": args.events, "results": results, "ratios": ratios,
+            "targets": {k: {"value": v, "met": m} for k, (v, m) in targets.items()}},
+            indent=2))
     return 0
+
+
+# name -> (what is compared, the bound, True if the value must be at least the bound)
+TARGETS = {
+    "a/c wall >= 3": ("a/c wall", 3.0, True),
+    "a/d wall >= 2.5": ("a/d wall", 2.5, True),
+    "d/b CPU <= 3": ("d/b CPU", 3.0, False),
+    "d peak RSS MB <= 1024": ("d rss", 1024.0, False),
+}
+
+
+def check_targets(results: dict, ratios: dict) -> dict[str, tuple[float, bool]]:
+    """Each target whose jobs ran: (measured value, met?)."""
+    values = dict(ratios)
+    if "d" in results:
+        values["d rss"] = results["d"]["peak_rss_mb"]
+    out = {}
+    for name, (key, bound, at_least) in TARGETS.items():
+        if key in values:
+            value = values[key]
+            out[name] = (value, value >= bound if at_least else value <= bound)
+    return out
 
 
 def _count_rows(data: Path) -> int:

@@ -22,7 +22,7 @@ from bench.run import REPO
 from pipelines.currents_to_partners import auto_shards
 from transforms import ReadCurrentsExport, ValidateEvents, codec
 from transforms.dedup import _ScatterToShards
-from transforms.read import export_size
+from transforms.read import BATCH_SIZE, export_size
 
 
 def main() -> None:
@@ -30,7 +30,8 @@ def main() -> None:
     ap.add_argument("export", nargs="?", default=None)
     ap.add_argument("--events", type=int, default=500_000)
     ap.add_argument("--shards", type=int, default=None)
-    ap.add_argument("--batch-size", type=int, default=2000)
+    ap.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                    help=f"rows per batch, as the pipeline's --batch-size (default {BATCH_SIZE})")
     args = ap.parse_args()
     export = Path(args.export or REPO / "bench" / "data" / f"{args.events // 1000}k")
     if not export.exists():
