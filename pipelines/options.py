@@ -106,12 +106,11 @@ def parser() -> argparse.ArgumentParser:
                     help="mParticle environment of each batch (default: production)")
     ap.add_argument("--shards", type=int, default=None,
                     help="output files per folder, and dedup parallelism. Default: from "
-                         "the input size, one shard per ~1.5 MB of Avro (~15k events), "
+                         "the input size, one shard per ~1 MB of Avro (~10k events), "
                          "at least 8: memory per worker stays flat as exports grow")
     ap.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int,
                     default=BATCH_SIZE,
-                    help=f"rows per element moved between steps (default: {BATCH_SIZE}, a "
-                         "whole Currents file: fewer, better-compressed shuffle values)")
+                    help=f"rows per element moved between steps (default: {BATCH_SIZE})")
     ap.add_argument("--max-invalid-ratio", "--max_invalid_ratio", dest="max_invalid_ratio",
                     type=float, default=None,
                     help="fail the run (exit 1, after writing everything) when "

@@ -193,3 +193,13 @@ def test_shards_and_local_workers_follow_the_input_size():
     for chosen in (["--direct_num_workers=1"], ["--direct_running_mode", "in_memory"],
                    ["--runner", "DataflowRunner"]):
         assert local_parallelism(chosen, PARALLEL_BYTES) == chosen
+
+
+def test_worker_malloc_arenas_are_capped_unless_the_user_chose():
+    from pipelines.currents_to_partners import worker_malloc_env
+    env = {}
+    worker_malloc_env(env)
+    assert env == {"MALLOC_ARENA_MAX": "2"}
+    env = {"MALLOC_ARENA_MAX": "8"}
+    worker_malloc_env(env)
+    assert env == {"MALLOC_ARENA_MAX": "8"}

@@ -17,6 +17,7 @@ from operator import itemgetter
 from typing import Any, Iterable, Iterator
 
 import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindows
 from apache_beam.metrics import Metrics
 
 from transforms import codec
@@ -30,24 +31,49 @@ def shard_of(event_type: str, event_id: str, num_shards: int) -> int:
 
 
 class _ScatterToShards(beam.DoFn):
+    """Validated batches -> one packed value per (file, shard).
+
+    A file's batches arrive one after the other: their entries are gathered per shard
+    and packed when the next file starts (or the bundle ends), so the shuffle holds few,
+    well-compressed values whatever ``--batch-size`` is, and a worker holds at most one
+    file's canonical JSON.
+    """
+
     def __init__(self, num_shards: int):
         self._num_shards = num_shards
 
+    def start_bundle(self):
+        self._source: str | None = None
+        self._by_shard: dict[int, list] = defaultdict(list)
+        self._seeds: dict[str, int] = {}  # event type -> CRC of "<type>\x00", so each row
+                                          # only hashes its id: the same value as shard_of
+
     def process(self, batch: ValidBatch) -> Iterator[tuple[int, bytes]]:
         source, items = batch
-        by_shard: dict[int, list] = defaultdict(list)
+        if source != self._source:
+            yield from self._packed()
+            self._source = source
+        by_shard, seeds = self._by_shard, self._seeds
         n, crc32 = self._num_shards, zlib.crc32
-        prefix: dict[str, int] = {}  # event type -> CRC of "<type>\x00", so each row
-        with paused_gc():            # only hashes its id: the same value as shard_of
+        with paused_gc():
             for row, event_type, event_id, payload in items:
-                seed = prefix.get(event_type)
+                seed = seeds.get(event_type)
                 if seed is None:
-                    seed = prefix[event_type] = crc32(f"{event_type}\x00".encode())
+                    seed = seeds[event_type] = crc32(f"{event_type}\x00".encode())
                 shard = crc32(event_id.encode("utf-8", "surrogatepass"), seed) % n
                 by_shard[shard].append((event_type, event_id, payload, row))
+
+    def finish_bundle(self):
+        for value in self._packed():
+            yield GlobalWindows.windowed_value(value)
+
+    def _packed(self) -> list[tuple[int, bytes]]:
+        source, by_shard = self._source, self._by_shard
+        with paused_gc():
             packed = [(shard, codec.pack((source, entries)))
-                      for shard, entries in by_shard.items()]
-        yield from packed
+                      for shard, entries in sorted(by_shard.items())]
+        by_shard.clear()
+        return packed
 
 
 class _KeepOnePerKey(beam.DoFn):

@@ -22,6 +22,9 @@ from transforms.types import STATS, IdentifiedBatch, Record, ShardLines
 
 PARTNERS = ("amplitude", "mixpanel", "mparticle", "segment")
 
+# Events per output element of ResolveIdentities (see _Resolve.process).
+CHUNK = 2000
+
 # What a partner gets: the identity fields, or the reason the event cannot be sent.
 Identity = Union[dict, str]
 
@@ -68,29 +71,33 @@ def resolve_identity(partner: str, record: Record) -> Identity:
 
 
 class _Resolve(beam.DoFn):
-    def __init__(self, partners: tuple[str, ...]):
-        self._partners = partners
+    def __init__(self, partners: tuple[str, ...], chunk: int):
+        self._partners, self._chunk = partners, chunk
 
     def process(self, element: ShardLines) -> Iterator[Any]:
         shard, lines = element
         rules = [(p, RULES[p]) for p in self._partners]
         not_eligible: Counter = Counter()  # (partner, reason); most events are eligible
-        out = []
         loads = codec.loads
-        with paused_gc():
-            for line in lines:
-                record = loads(line)
-                identities = {}
-                for partner, rule in rules:
-                    identity = identities[partner] = rule(record)
-                    if type(identity) is str:
-                        not_eligible[partner, identity] += 1
-                out.append((record, identities))
-            yield shard, out
+        # A shard's events are parsed and formatted a chunk at a time (the partners'
+        # writers append the chunks to the shard's file): a worker holds a chunk of parsed
+        # events, not the whole shard.
+        for start in range(0, len(lines), self._chunk):
+            out = []
+            with paused_gc():
+                for line in lines[start:start + self._chunk]:
+                    record = loads(line)
+                    identities = {}
+                    for partner, rule in rules:
+                        identity = identities[partner] = rule(record)
+                        if type(identity) is str:
+                            not_eligible[partner, identity] += 1
+                    out.append((record, identities))
+                yield shard, out
         stats = {f"partners/{p}/not_eligible/{reason}": n
                  for (p, reason), n in not_eligible.items()}
         for p in self._partners:
-            stats[f"partners/{p}/eligible"] = len(out) - sum(
+            stats[f"partners/{p}/eligible"] = len(lines) - sum(
                 n for (q, _), n in not_eligible.items() if q == p)
         yield beam.pvalue.TaggedOutput(STATS, stats)
 
@@ -100,17 +107,23 @@ class ResolveIdentities(beam.PTransform):
     """Attach each partner's identity to each event.
 
     Input: ShardLines ``(shard, [canonical_json, ...])`` (DeduplicateEvents' output).
-    Output (main, ``identified``): ``(shard, [(event dict, {partner: identity dict | reason})])``;
-    tagged ``stats``: ``partners/<p>/eligible`` and ``partners/<p>/not_eligible/<reason>``.
+    Output (main, ``identified``): ``(shard, [(event dict, {partner: identity dict | reason})])``,
+    a shard's events in order, in consecutive elements of up to ``chunk`` events (default
+    ``CHUNK``); tagged ``stats``: ``partners/<p>/eligible`` and
+    ``partners/<p>/not_eligible/<reason>``.
     """
 
-    def __init__(self, partners: tuple[str, ...] = PARTNERS):
+    def __init__(self, partners: tuple[str, ...] = PARTNERS, chunk: int | None = None):
         super().__init__()
         unknown = set(partners) - set(RULES)
         if unknown:
             raise ValueError(f"unknown partner(s): {', '.join(sorted(unknown))}")
         self._partners = tuple(partners)
+        self._chunk = chunk or CHUNK
+        if self._chunk < 1:
+            raise ValueError("chunk must be >= 1")
 
     def expand(self, events):
-        return events | "Resolve" >> beam.ParDo(_Resolve(self._partners)).with_output_types(
+        return events | "Resolve" >> beam.ParDo(_Resolve(
+            self._partners, self._chunk)).with_output_types(
             IdentifiedBatch).with_outputs(STATS, main="identified")

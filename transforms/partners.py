@@ -193,7 +193,8 @@ class FormatForPartner(beam.PTransform):
     """Format events for one partner.
 
     Input: ``(shard, [(event dict, {partner: identity | reason})])`` (ResolveIdentities).
-    Output (main, ``payloads``): ShardLines of the partner's JSON payloads; tagged
+    Output (main, ``payloads``): ShardLines of the partner's JSON payloads, one element per
+    input element (so a shard may come in several consecutive elements); tagged
     ``skipped``: ShardLines of ``{event_type, id, reason}``; tagged ``stats``:
     ``partners/<p>/written`` and ``partners/<p>/skipped/<reason>``.
     ``config``: ``mixpanel_token`` (Mixpanel), ``mparticle_environment`` (mParticle).

@@ -18,9 +18,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.types import FILE_REPORTS, FileReport, RowBatch
 
-# Rows per element. Currents files hold up to ~15k rows: one element per file means one
-# compressed shuffle value per (file, shard), ~35% fewer shuffled bytes than 2000 rows.
-BATCH_SIZE = 15_000
+# Rows per element: Beam pays per element, and a worker holds about one batch of
+# decoded rows (dedup packs its shuffle values per file, whatever the batch size).
+BATCH_SIZE = 2000
 
 _EVENT_TYPE_SEGMENT = re.compile(r"(?:^|/)event_type=([^/]+)/")
 _SCHEMA_ID_SEGMENT = re.compile(r"/date=[^/]+/([^/]+)/")

@@ -40,21 +40,49 @@ def _mkdirs(path: str) -> None:
 
 
 class _WriteShard(beam.DoFn):
+    """Appends each element's lines to its shard's file; a shard's elements come one
+    after the other (a shard is processed by one call upstream, in chunks)."""
+
     def __init__(self, temp_dir: str, folder: str, num_shards: int):
         self._temp_dir, self._folder, self._num_shards = temp_dir, folder, num_shards
+
+    def start_bundle(self):
+        self._shard, self._file, self._done = None, None, set()
 
     def process(self, element: ShardLines) -> Iterator[str]:
         shard, lines = element
         if not lines:
             return
-        relative = f"{self._folder}/{shard_name(shard, self._num_shards)}"
-        write_bytes(FileSystems.join(self._temp_dir, relative), b"\n".join(lines) + b"\n")
-        yield relative
+        if shard != self._shard:
+            self._close()
+            if shard in self._done:  # would truncate what this bundle already wrote
+                raise ValueError(f"{self._folder}: shard {shard} arrived in two runs of "
+                                 "elements; a shard's elements must be consecutive")
+            relative = f"{self._folder}/{shard_name(shard, self._num_shards)}"
+            self._file = FileSystems.create(
+                FileSystems.join(self._temp_dir, relative), mime_type="application/x-ndjson",
+                compression_type=CompressionTypes.UNCOMPRESSED)
+            self._shard = shard
+            yield relative
+        self._file.write(b"\n".join(lines))  # no joined copy with the last newline
+        self._file.write(b"\n")
+
+    def finish_bundle(self):
+        self._close()
+
+    def _close(self):
+        if self._file is not None:
+            self._file.close()
+            self._done.add(self._shard)
+        self._shard, self._file = None, None
 
 
 @beam.typehints.with_input_types(ShardLines)
 class WriteShards(beam.PTransform):
-    """ShardLines -> one file per shard under ``<temp_dir>/<folder>/``; outputs relative paths."""
+    """ShardLines -> one file per shard under ``<temp_dir>/<folder>/``; outputs relative paths.
+
+    A shard may come in several consecutive elements (chunks): they are appended in order.
+    """
 
     def __init__(self, temp_dir: str, folder: str, num_shards: int):
         super().__init__()
