@@ -2,8 +2,9 @@
 
 Currents delivers at least once, so the same event can appear twice in a file, in two
 files, or in two hours. Events are hashed (a stable CRC32, not Python's per-process
-hash) into ``num_shards`` shards; each validated batch sends one compressed value per
-shard through a single GroupByKey, so the shuffle pays per batch, not per event. Within
+hash) into ``num_shards`` shards; the events of each file go through a single
+GroupByKey as one compressed value per shard, so the shuffle pays per file, not per
+event. Within
 a shard the survivor of a key is the copy with the smallest canonical JSON (then the
 smallest source path and row): the same rows in any order, split into any files, give
 the same survivor. Survivors come out sorted by key, so each shard's output is
@@ -17,8 +18,8 @@ from operator import itemgetter
 from typing import Any, Iterable, Iterator
 
 import apache_beam as beam
-from apache_beam.transforms.window import GlobalWindows
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 
 from transforms import codec
 from transforms.gcpause import paused_gc
