@@ -70,6 +70,11 @@ class _WriteShard(beam.DoFn):
     def finish_bundle(self):
         self._close()
 
+    def teardown(self):  # a failed bundle left its file open: the retry rewrites it
+        if getattr(self, "_file", None) is not None:
+            self._file.close()
+            self._file = None
+
     def _close(self):
         if self._file is not None:
             self._file.close()
