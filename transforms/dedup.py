@@ -12,6 +12,7 @@ byte-identical from run to run and runner to runner.
 """
 from __future__ import annotations
 
+import functools
 import zlib
 from collections import Counter, defaultdict
 from operator import itemgetter
@@ -27,8 +28,15 @@ from transforms.types import DUPLICATES, STATS, ShardLines, ValidBatch
 
 
 def shard_of(event_type: str, event_id: str, num_shards: int) -> int:
-    """Stable across processes, machines and Python versions."""
-    return zlib.crc32(f"{event_type}\x00{event_id}".encode("utf-8", "surrogatepass")) % num_shards
+    """CRC32 of ``"<event_type>\\x00<id>"``: stable across processes, machines and Python
+    versions. The CRC of the event type's part is computed once per type."""
+    return zlib.crc32(event_id.encode("utf-8", "surrogatepass"),
+                      _type_crc(event_type)) % num_shards
+
+
+@functools.lru_cache(maxsize=None)
+def _type_crc(event_type: str) -> int:
+    return zlib.crc32(f"{event_type}\x00".encode("utf-8", "surrogatepass"))
 
 
 class _ScatterToShards(beam.DoFn):
@@ -46,23 +54,17 @@ class _ScatterToShards(beam.DoFn):
     def start_bundle(self):
         self._source: str | None = None
         self._by_shard: dict[int, list] = defaultdict(list)
-        self._seeds: dict[str, int] = {}  # event type -> CRC of "<type>\x00", so each row
-                                          # only hashes its id: the same value as shard_of
 
     def process(self, batch: ValidBatch) -> Iterator[tuple[int, bytes]]:
         source, items = batch
         if source != self._source:
             yield from self._packed()
             self._source = source
-        by_shard, seeds = self._by_shard, self._seeds
-        n, crc32 = self._num_shards, zlib.crc32
+        by_shard, n = self._by_shard, self._num_shards
         with paused_gc():
             for row, event_type, event_id, payload in items:
-                seed = seeds.get(event_type)
-                if seed is None:
-                    seed = seeds[event_type] = crc32(f"{event_type}\x00".encode())
-                shard = crc32(event_id.encode("utf-8", "surrogatepass"), seed) % n
-                by_shard[shard].append((event_type, event_id, payload, row))
+                by_shard[shard_of(event_type, event_id, n)].append(
+                    (event_type, event_id, payload, row))
 
     def finish_bundle(self):
         for value in self._packed():

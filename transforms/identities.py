@@ -119,7 +119,7 @@ class ResolveIdentities(beam.PTransform):
         if unknown:
             raise ValueError(f"unknown partner(s): {', '.join(sorted(unknown))}")
         self._partners = tuple(partners)
-        self._chunk = chunk or CHUNK
+        self._chunk = CHUNK if chunk is None else chunk
         if self._chunk < 1:
             raise ValueError("chunk must be >= 1")
 

@@ -166,20 +166,12 @@ class _ValidateBatch(beam.DoFn):
         problems = problems or {}
         validator = self._validator
         known = event_type in validator._catalogue
-        # Most rows pass the compiled check of their type: test that first, per row,
-        # and ask the validator (pydantic) only for reasons.
-        accepts = validator.fast_check(event_type) if known else None
         dumps, limit = codec.dumps, MAX_PAYLOAD_BYTES
         valid = []
         stats: Counter = Counter(rows_read=len(rows))
         with paused_gc():
             for offset, record in enumerate(rows):
-                if problems and offset in problems:
-                    verdict = problems[offset]
-                elif accepts is not None and accepts(record):
-                    verdict = None
-                else:
-                    verdict = validator.check(event_type, record)
+                verdict = problems.get(offset) or validator.check(event_type, record)
                 if verdict is None:
                     payload = dumps({**record, "event_type": event_type})
                     if len(payload) <= limit:
