@@ -36,6 +36,8 @@ setup(
         # orjson 3.12+ returns bytes that keep a >=4 KB buffer each (never trimmed):
         # ~6.5 KB of RSS per 600-byte line held in a batch, ~160 MB more at peak here.
         "orjson>=3.9,<3.12",
+        # reads Avro files into columns ~4x faster than fastavro builds dicts
+        "polars>=1.30",
         "zstandard>=0.22",
     ],
     extras_require={

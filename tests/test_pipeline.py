@@ -195,11 +195,11 @@ def test_shards_and_local_workers_follow_the_input_size():
         assert local_parallelism(chosen, PARALLEL_BYTES) == chosen
 
 
-def test_worker_malloc_arenas_are_capped_unless_the_user_chose():
-    from pipelines.currents_to_partners import worker_malloc_env
+def test_local_workers_get_capped_arenas_and_one_polars_thread_unless_the_user_chose():
+    from pipelines.currents_to_partners import local_worker_env
     env = {}
-    worker_malloc_env(env)
-    assert env == {"MALLOC_ARENA_MAX": "2"}
-    env = {"MALLOC_ARENA_MAX": "8"}
-    worker_malloc_env(env)
-    assert env == {"MALLOC_ARENA_MAX": "8"}
+    local_worker_env(env)
+    assert env == {"MALLOC_ARENA_MAX": "2", "POLARS_MAX_THREADS": "1"}
+    env = {"MALLOC_ARENA_MAX": "8", "POLARS_MAX_THREADS": "2"}
+    local_worker_env(env)
+    assert env == {"MALLOC_ARENA_MAX": "8", "POLARS_MAX_THREADS": "2"}

@@ -1,12 +1,14 @@
 """ReadCurrentsExport: every ``.avro`` under a prefix -> batches of raw Currents rows.
 
 Files are matched recursively through Beam's ``FileSystems`` (local paths and gs:// alike)
-and decoded with fastavro using each file's own writer schema, so files written with
-different schema ids read side by side. Rows travel in batches: Beam pays per element,
+and decoded with each file's own writer schema, so files written with different schema
+ids read side by side: by polars into a frame when asked and the schema allows (decoding
+is most of the CPU a row costs), else, and always for a file polars refuses, by fastavro. Rows travel in batches: Beam pays per element,
 so one element carries up to ``batch_size`` rows of one file.
 """
 from __future__ import annotations
 
+import io
 import re
 from typing import Any, Iterator
 
@@ -56,11 +58,55 @@ def event_type_from_schema(schema: Any) -> str | None:
     return full[idx + 1:] if idx >= 0 else None
 
 
+# Avro types polars decodes to exactly the values fastavro gives (float widened to double)
+_FRAME_TYPES = {"string", "int", "long", "boolean", "double", "float"}
+
+
+def frame_readable(schema: Any) -> bool:
+    """True for a writer schema polars reads into a frame with the same values fastavro
+    gives: a record of primitive (or ``["null", primitive]``) and string-array fields,
+    no logical types, maps, bytes or nested records."""
+    def simple(t: Any) -> bool:
+        if isinstance(t, str):
+            return t in _FRAME_TYPES
+        if isinstance(t, dict):
+            return (t.get("type") == "array" and t.get("items") == "string"
+                    and set(t) <= {"type", "items"}) or (set(t) == {"type"}
+                                                           and simple(t["type"]))
+        return False
+
+    if not isinstance(schema, dict) or schema.get("type") != "record":
+        return False
+    for field in schema.get("fields", []):
+        t = field.get("type")
+        if isinstance(t, list):
+            kinds = [k for k in t if k != "null"]
+            if len(kinds) != 1 or len(t) > 2 or not simple(kinds[0]):
+                return False
+        elif not simple(t):
+            return False
+    return True
+
+
+def read_frame(data: bytes) -> Any:
+    """An Avro file as a polars frame (floats as doubles), or None if polars refuses it
+    (bytes that are not UTF-8, a truncated or corrupt file): the row reader then reads
+    it and says what is wrong."""
+    import polars as pl  # workers only: the launching process never needs it
+    try:
+        frame = pl.read_avro(io.BytesIO(data))
+    except Exception:
+        return None
+    floats = [name for name, dtype in frame.schema.items() if dtype == pl.Float32]
+    return frame.with_columns(pl.col(floats).cast(pl.Float64)) if floats else frame
+
+
 class _ReadAvroFile(beam.DoFn):
     """One file -> RowBatch elements, and one FileReport on the ``files`` output."""
 
-    def __init__(self, batch_size: int):
+    def __init__(self, batch_size: int, as_frames: bool = False):
         self._batch_size = batch_size
+        self._as_frames = as_frames
 
     def process(self, path: str) -> Iterator[Any]:
         report: FileReport = {"source": path, "rows": 0, "event_type": None,
@@ -93,6 +139,17 @@ class _ReadAvroFile(beam.DoFn):
         if from_path and from_schema and from_path != from_schema:
             mismatch = ("event_type_mismatch",
                         f"path says {from_path}, writer schema says {from_schema}")
+        elif self._as_frames and frame_readable(reader.writer_schema):
+            fo.seek(0)
+            data = fo.read()
+            frame = read_frame(data)
+            if frame is not None and frame.height:
+                report["rows"] = frame.height
+                for first in range(0, frame.height, self._batch_size):
+                    yield (event_type, path, first, frame.slice(first, self._batch_size), None)
+                return
+            fo.seek(0)  # the same stream as always: fastavro's errors depend on it
+            reader = fastavro.block_reader(fo)
         batch: list[dict] = []
         problems: dict[int, tuple[str, str]] = {}
         first = 0
@@ -200,12 +257,16 @@ class ReadCurrentsExport(beam.PTransform):
     ``.avro`` file, or a glob.
     Output (main): RowBatch = ``(event_type, source, first_row, rows, problems)``; tagged
     ``files``: one FileReport per file (rows read, or why the file could not be read).
+    ``as_frames``: ``rows`` is a polars DataFrame (same values, ~4x faster to decode)
+    for files whose schema polars reads exactly (see ``frame_readable``), a list of dicts
+    otherwise; ValidateEvents takes both.
     """
 
-    def __init__(self, path: str, batch_size: int = BATCH_SIZE):
+    def __init__(self, path: str, batch_size: int = BATCH_SIZE, as_frames: bool = False):
         super().__init__()
         self._pattern = export_pattern(path)
         self._batch_size = batch_size
+        self._as_frames = as_frames
 
     def expand(self, pbegin):
         return (
@@ -213,6 +274,7 @@ class ReadCurrentsExport(beam.PTransform):
             | "MatchFiles" >> fileio.MatchFiles(self._pattern, fileio.EmptyMatchTreatment.ALLOW)
             | "Paths" >> beam.Map(lambda meta: meta.path)
             | "Spread" >> beam.Reshuffle()
-            | "Decode" >> beam.ParDo(_ReadAvroFile(self._batch_size)).with_output_types(
+            | "Decode" >> beam.ParDo(_ReadAvroFile(
+                self._batch_size, self._as_frames)).with_output_types(
                 RowBatch).with_outputs(
                 FILE_REPORTS, main="rows"))

@@ -73,7 +73,9 @@ Record = Dict[str, Any]
 # (event_type, source path, index of the first row in the file, rows, problems)
 # problems is None, or {index in rows: (reason, message)} for rows found bad while reading
 # (bytes that are not UTF-8; a path and writer schema naming different event types).
-RowBatch = batch_hint(Tuple[str, str, int, List[Record], Optional[Dict[int, Tuple[str, str]]]])
+# rows: a list of dicts, or a polars DataFrame of the same rows (ReadCurrentsExport's
+# as_frames; such a batch has no problems).
+RowBatch = batch_hint(Tuple[str, str, int, Any, Optional[Dict[int, Tuple[str, str]]]])
 # (source path, [(row index, event_type, event id, canonical JSON of the event)])
 ValidBatch = batch_hint(Tuple[str, List[Tuple[int, str, str, bytes]]])
 # (output shard, [canonical JSON of one event per item]) - one element per shard
