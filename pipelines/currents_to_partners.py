@@ -20,6 +20,7 @@ import functools
 import logging
 import os
 import sys
+import tempfile
 import time
 import uuid
 
@@ -51,16 +52,20 @@ def input_root(path: str) -> str:
     return path.rstrip("/") + "/"
 
 
-def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str) -> beam.PCollection:
+def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
+          spill_dir: str | None = None) -> beam.PCollection:
     """Compose the pipeline on ``p``; returns the single-element summary PCollection.
 
     ``cfg.shards`` None means ``MIN_SHARDS`` here; ``run`` sizes it from the input first.
+    ``spill_dir``: where dedup puts its shuffle values (see DeduplicateEvents); ``run``
+    gives a local temporary folder on a local runner, which would otherwise hold them all
+    in its own memory.
     """
     n = cfg.shards or MIN_SHARDS
     read = p | "ReadCurrentsExport" >> ReadCurrentsExport(cfg.input, cfg.batch_size,
                                                                  as_frames=True)
     checked = read.rows | "ValidateEvents" >> ValidateEvents()
-    unique = checked.valid | "DeduplicateEvents" >> DeduplicateEvents(n)
+    unique = checked.valid | "DeduplicateEvents" >> DeduplicateEvents(n, spill_dir)
 
     root = input_root(cfg.input)  # shard by the path within the export, not its location
     dead_letter = checked.dead_letter | "ShardDeadLetter" >> ShardRecords(
@@ -114,6 +119,13 @@ def auto_shards(avro_bytes: int) -> int:
 # start and ~250 MB each: not worth it for a small export).
 PARALLEL_BYTES = 8 * 2**20
 LOCAL_WORKERS = 2
+
+
+def runs_locally(options: PipelineOptions) -> bool:
+    """True for Beam's local runners (the default one included)."""
+    return options.view_as(StandardOptions).runner in (
+        None, "DirectRunner", "direct", "FnApiRunner", "BundleBasedDirectRunner",
+        "SwitchingDirectRunner", "PrismRunner")
 
 
 def local_parallelism(beam_args: list[str], avro_bytes: int) -> list[str]:
@@ -202,8 +214,9 @@ def run(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     options = PipelineOptions(beam_args, save_main_session=False)
     try:
-        with beam.Pipeline(options=options) as p:
-            build(p, cfg, temp_dir)
+        with tempfile.TemporaryDirectory(prefix="currents-shuffle-") as spill, \
+                beam.Pipeline(options=options) as p:
+            build(p, cfg, temp_dir, spill if runs_locally(options) else None)
         if _job_not_run_here(options):
             print("Dataflow job built (--dry_run or --template_location), not run: no outputs")
             return 0

@@ -15,10 +15,10 @@ def _item(row, etype, eid, **fields):
     return (row, etype, eid, dumps({"id": eid, "event_type": etype, **fields}))
 
 
-def _run(collect, batches, shards=4):
+def _run(collect, batches, shards=4, spill_dir=None):
     """Survivor events and duplicate lines of one run, as dicts."""
     with TestPipeline() as p:
-        out = p | beam.Create(batches) | DeduplicateEvents(shards)
+        out = p | beam.Create(batches) | DeduplicateEvents(shards, spill_dir)
         events = collect(out.events | "E" >> beam.FlatMap(
             lambda s: [orjson.loads(x) for x in s[1]]), "events")
         dups = collect(out.duplicates | "D" >> beam.FlatMap(
@@ -55,6 +55,23 @@ def test_survivor_is_deterministic_under_any_order_and_split(collect):
         assert len(events) == 7 and len(dups) == 53
         assert sum(d["conflicting"] for d in dups) == 53  # every copy differs (n=i)
     assert len(outputs) == 1
+
+
+def test_spilling_the_shuffle_to_files_changes_no_output(collect, tmp_path):
+    items = [_item(i, "t.A", str(i % 7), v=i % 3, n=i) for i in range(40)]
+    batches = [("f1", items[:25]), ("f2", items[25:]), ("f3", [_item(0, "t.B", "1")])]
+    spill = tmp_path / "spill"
+    in_memory = _run(collect, batches, shards=3)
+    spilled = _run(collect, batches, shards=3, spill_dir=str(spill))
+    key = lambda d: orjson.dumps(d, option=orjson.OPT_SORT_KEYS)  # noqa: E731
+    assert [sorted(map(key, part)) for part in spilled] == [
+        sorted(map(key, part)) for part in in_memory]
+    assert len(in_memory[0]) == 8 and len(in_memory[1]) == 33
+    # one file per (source file, shard) that has events: what the shuffle carried instead
+    names = sorted(f.name for f in spill.iterdir())
+    assert len(names) == len({(src, shard_of(i[1], i[2], 3)) for src, its in batches
+                              for i in its})
+    assert {n[:5] for n in names} <= {"00000", "00001", "00002"}
 
 
 def test_survivors_come_out_sorted_within_a_shard():

@@ -195,6 +195,31 @@ def test_shards_and_local_workers_follow_the_input_size():
         assert local_parallelism(chosen, PARALLEL_BYTES) == chosen
 
 
+def test_the_shuffle_goes_through_files_only_on_local_runners():
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.currents_to_partners import runs_locally
+    assert runs_locally(PipelineOptions([]))
+    assert runs_locally(PipelineOptions(["--runner", "DirectRunner"]))
+    assert not runs_locally(PipelineOptions(["--runner", "DataflowRunner"]))
+
+
+def test_a_local_run_shuffles_through_files_it_removes(tmp_path, monkeypatch):
+    import tempfile
+
+    import transforms.dedup as dedup
+    spilled = []
+    spill = dedup._spill
+    monkeypatch.setattr(dedup, "_spill", lambda *a: spilled.append(spill(*a)) or spilled[-1])
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    out = tmp_path / "out"
+    assert run(["--input", str(bundled_sample()), "--output", str(out), *WITH_TOKEN]) == 0
+    assert spilled and all(p.startswith(str(tmp_path / "tmp")) for p in spilled)
+    assert not list((tmp_path / "tmp").glob("currents-shuffle-*"))  # removed with the run
+    assert json.loads((out / "summary.json").read_text())["conservation_ok"]
+
+
 def test_local_workers_get_capped_arenas_and_one_polars_thread_unless_the_user_chose():
     from pipelines.currents_to_partners import local_worker_env
     env = {}

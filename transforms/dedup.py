@@ -13,12 +13,15 @@ byte-identical from run to run and runner to runner.
 from __future__ import annotations
 
 import functools
+import uuid
 import zlib
 from collections import Counter, defaultdict
 from operator import itemgetter
 from typing import Any, Iterable, Iterator
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
@@ -48,8 +51,9 @@ class _ScatterToShards(beam.DoFn):
     file's canonical JSON.
     """
 
-    def __init__(self, num_shards: int):
+    def __init__(self, num_shards: int, spill_dir: str | None = None):
         self._num_shards = num_shards
+        self._spill_dir = spill_dir
 
     def start_bundle(self):
         self._source: str | None = None
@@ -70,13 +74,31 @@ class _ScatterToShards(beam.DoFn):
         for value in self._packed():
             yield GlobalWindows.windowed_value(value)
 
-    def _packed(self) -> list[tuple[int, bytes]]:
+    def _packed(self) -> list[tuple[int, bytes | str]]:
         source, by_shard = self._source, self._by_shard
         with paused_gc():
             packed = [(shard, codec.pack((source, entries)))
                       for shard, entries in sorted(by_shard.items())]
         by_shard.clear()
+        if self._spill_dir is not None:
+            packed = [(shard, _spill(self._spill_dir, shard, blob)) for shard, blob in packed]
         return packed
+
+
+def _spill(folder: str, shard: int, blob: bytes) -> str:
+    """Write a shuffle value to a file of its own; the shuffle then carries its path.
+    A random name: a retried bundle writes new files, and the old ones are never read."""
+    path = FileSystems.join(folder, f"{shard:05d}-{uuid.uuid4().hex}.zst")
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as fo:
+        fo.write(blob)
+    return path
+
+
+def _unspilled(value: bytes | str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    with FileSystems.open(value, compression_type=CompressionTypes.UNCOMPRESSED) as fo:
+        return fo.read()
 
 
 class _KeepOnePerKey(beam.DoFn):
@@ -93,7 +115,7 @@ class _KeepOnePerKey(beam.DoFn):
         best: dict[tuple[str, str], tuple[bytes, str, int]] = {}
         dropped: list[tuple[tuple[str, str], bytes, str, int]] = []
         for blob in blobs:
-            source, entries = codec.unpack(blob)
+            source, entries = codec.unpack(_unspilled(blob))
             for event_type, event_id, payload, row in entries:
                 key = (event_type, event_id)
                 copy = (payload, source, row)
@@ -134,18 +156,24 @@ class DeduplicateEvents(beam.PTransform):
     one element per non-empty shard; tagged ``duplicates``: ShardLines of JSON lines
     ``{event_type, id, source, row, kept_source, kept_row, conflicting, record}``; tagged
     ``stats``: counters (valid, duplicates_dropped, conflicting_duplicates, by_event_type).
+    ``spill_dir``: a folder (local or gs://) for the shuffle values; the GroupByKey then
+    moves only their paths. For the local runner, which keeps everything it shuffles in
+    its own memory, several copies of it; leave it None on Dataflow, whose shuffle
+    service is built for this. Nothing there is deleted: use a temporary folder.
     """
 
-    def __init__(self, num_shards: int = 8):
+    def __init__(self, num_shards: int = 8, spill_dir: str | None = None):
         super().__init__()
         if num_shards < 1:
             raise ValueError("num_shards must be >= 1")
         self._num_shards = num_shards
+        self._spill_dir = spill_dir
 
     def expand(self, valid):
         return (
             valid
-            | "ScatterToShards" >> beam.ParDo(_ScatterToShards(self._num_shards))
+            | "ScatterToShards" >> beam.ParDo(_ScatterToShards(self._num_shards,
+                                                                self._spill_dir))
             | "GroupByShard" >> beam.GroupByKey()
             | "KeepOnePerKey" >> beam.ParDo(_KeepOnePerKey()).with_output_types(
                 ShardLines).with_outputs(
