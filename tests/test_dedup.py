@@ -67,11 +67,7 @@ def test_spilling_the_shuffle_to_files_changes_no_output(collect, tmp_path):
     assert [sorted(map(key, part)) for part in spilled] == [
         sorted(map(key, part)) for part in in_memory]
     assert len(in_memory[0]) == 8 and len(in_memory[1]) == 33
-    # one file per (source file, shard) that has events: what the shuffle carried instead
-    names = sorted(f.name for f in spill.iterdir())
-    assert len(names) == len({(src, shard_of(i[1], i[2], 3)) for src, its in batches
-                              for i in its})
-    assert {n[:5] for n in names} <= {"00000", "00001", "00002"}
+    assert len(list(spill.iterdir())) == len(batches)  # one file per source file
 
 
 def test_survivors_come_out_sorted_within_a_shard():

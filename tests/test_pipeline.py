@@ -215,7 +215,8 @@ def test_a_local_run_shuffles_through_files_it_removes(tmp_path, monkeypatch):
     (tmp_path / "tmp").mkdir()
     out = tmp_path / "out"
     assert run(["--input", str(bundled_sample()), "--output", str(out), *WITH_TOKEN]) == 0
-    assert spilled and all(p.startswith(str(tmp_path / "tmp")) for p in spilled)
+    paths = {path for refs in spilled for _, (path, _, _) in refs}
+    assert paths and all(p.startswith(str(tmp_path / "tmp")) for p in paths)
     assert not list((tmp_path / "tmp").glob("currents-shuffle-*"))  # removed with the run
     assert json.loads((out / "summary.json").read_text())["conservation_ok"]
 
