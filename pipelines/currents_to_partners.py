@@ -27,7 +27,8 @@ import uuid
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
-                                                  StandardOptions, TestOptions)
+                                                  PortableOptions, StandardOptions,
+                                                  TestOptions)
 from pydantic import ValidationError
 
 from pipelines.gcs import emulator_args
@@ -122,10 +123,13 @@ LOCAL_WORKERS = 2
 
 
 def runs_locally(options: PipelineOptions) -> bool:
-    """True for Beam's local runners (the default one included)."""
+    """True for Beam's local runners (the default one included) with workers that share
+    this machine's files (not in Docker containers or an external service)."""
+    environment = (options.view_as(PortableOptions).environment_type or "").upper()
     return options.view_as(StandardOptions).runner in (
         None, "DirectRunner", "direct", "FnApiRunner", "BundleBasedDirectRunner",
-        "SwitchingDirectRunner", "PrismRunner")
+        "SwitchingDirectRunner", "PrismRunner") and environment in ("", "LOOPBACK",
+                                                                    "PROCESS")
 
 
 def local_parallelism(beam_args: list[str], avro_bytes: int) -> list[str]:

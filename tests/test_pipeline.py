@@ -202,6 +202,7 @@ def test_the_shuffle_goes_through_files_only_on_local_runners():
     assert runs_locally(PipelineOptions([]))
     assert runs_locally(PipelineOptions(["--runner", "DirectRunner"]))
     assert not runs_locally(PipelineOptions(["--runner", "DataflowRunner"]))
+    assert not runs_locally(PipelineOptions(["--environment_type", "DOCKER"]))  # own disk
 
 
 def test_a_local_run_shuffles_through_files_it_removes(tmp_path, monkeypatch):
