@@ -3,8 +3,9 @@
 Files are matched recursively through Beam's ``FileSystems`` (local paths and gs:// alike)
 and decoded with each file's own writer schema, so files written with different schema
 ids read side by side: by polars into a frame when asked and the schema allows (decoding
-is most of the CPU a row costs), else, and always for a file polars refuses, by fastavro. Rows travel in batches: Beam pays per element,
-so one element carries up to ``batch_size`` rows of one file.
+was most of the CPU a row cost), else, and always for a file polars refuses, by fastavro.
+Rows travel in batches: Beam pays per element, so one element carries up to
+``batch_size`` rows of one file.
 """
 from __future__ import annotations
 
