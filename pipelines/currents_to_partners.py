@@ -123,14 +123,18 @@ PARALLEL_BYTES = 8 * 2**20
 LOCAL_WORKERS = 2
 
 
+# Runners that run a pipeline in this process (and its local worker processes)
+DIRECT_RUNNERS = (None, "DirectRunner", "direct", "FnApiRunner")
+
+
 def runs_locally(options: PipelineOptions) -> bool:
     """True for Beam's local runners (the default one included) with workers that share
     this machine's files (not in Docker containers or an external service)."""
     environment = (options.view_as(PortableOptions).environment_type or "").upper()
-    return options.view_as(StandardOptions).runner in (
-        None, "DirectRunner", "direct", "FnApiRunner", "BundleBasedDirectRunner",
-        "SwitchingDirectRunner", "PrismRunner") and environment in ("", "LOOPBACK",
-                                                                    "PROCESS")
+    runner = options.view_as(StandardOptions).runner
+    return (runner in DIRECT_RUNNERS + ("BundleBasedDirectRunner", "SwitchingDirectRunner",
+                                        "PrismRunner")
+            and environment in ("", "LOOPBACK", "PROCESS"))
 
 
 def local_parallelism(beam_args: list[str], avro_bytes: int) -> list[str]:
@@ -141,7 +145,7 @@ def local_parallelism(beam_args: list[str], avro_bytes: int) -> list[str]:
             or avro_bytes < PARALLEL_BYTES or LOCAL_WORKERS < 2):
         return beam_args
     runner = PipelineOptions(beam_args).view_as(StandardOptions).runner
-    if runner not in (None, "DirectRunner", "direct", "FnApiRunner"):
+    if runner not in DIRECT_RUNNERS:
         return beam_args
     return [*beam_args, f"--direct_num_workers={LOCAL_WORKERS}",
             "--direct_running_mode=multi_processing"]

@@ -26,9 +26,14 @@ def shard_name(shard: int, num_shards: int) -> str:
     return f"part-{shard:05d}-of-{num_shards:05d}.ndjson"
 
 
+def create_ndjson(path: str) -> Any:
+    """A new NDJSON file (local or gs://), written as is."""
+    return FileSystems.create(path, mime_type="application/x-ndjson",
+                              compression_type=CompressionTypes.UNCOMPRESSED)
+
+
 def write_bytes(path: str, data: bytes) -> None:
-    with FileSystems.create(path, mime_type="application/x-ndjson",
-                            compression_type=CompressionTypes.UNCOMPRESSED) as fo:
+    with create_ndjson(path) as fo:
         fo.write(data)
 
 
@@ -59,9 +64,7 @@ class _WriteShard(beam.DoFn):
                 raise ValueError(f"{self._folder}: shard {shard} arrived in two runs of "
                                  "elements; a shard's elements must be consecutive")
             relative = f"{self._folder}/{shard_name(shard, self._num_shards)}"
-            self._file = FileSystems.create(
-                FileSystems.join(self._temp_dir, relative), mime_type="application/x-ndjson",
-                compression_type=CompressionTypes.UNCOMPRESSED)
+            self._file = create_ndjson(FileSystems.join(self._temp_dir, relative))
             self._shard = shard
             yield relative
         self._file.write(b"\n".join(lines))  # no joined copy with the last newline
@@ -72,8 +75,7 @@ class _WriteShard(beam.DoFn):
 
     def teardown(self):  # a failed bundle left its file open: the retry rewrites it
         if getattr(self, "_file", None) is not None:
-            self._file.close()
-            self._file = None
+            self._close()
 
     def _close(self):
         if self._file is not None:
