@@ -53,5 +53,5 @@ def test_api_reference_builds(tmp_path):
     assert result.returncode == 0, result.stderr
     page = (tmp_path / "transforms.html").read_text()
     for name in ("ReadCurrentsExport", "ValidateEvents", "DeduplicateEvents",
-                 "ResolveIdentities", "FormatForPartner"):
+                 "ResolveIdentities", "FormatForPartner", "FormatForPartners"):
         assert name in page

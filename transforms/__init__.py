@@ -1,7 +1,9 @@
 """Composable Beam transforms for Braze Currents exports.
 
-    ReadCurrentsExport -> ValidateEvents -> DeduplicateEvents -> ResolveIdentities
-        -> FormatForPartner (one per partner)
+    ReadCurrentsExport -> ValidateEvents -> DeduplicateEvents -> FormatForPartners
+
+(``FormatForPartners`` = ``ResolveIdentities`` then ``FormatForPartner`` per partner,
+in one pass.)
 
 Each is a composite ``PTransform`` with Beam type hints (misuse fails when the pipeline is
 built); its docstring gives its input and output element types (``transforms.types``),
@@ -11,6 +13,7 @@ steps of your own. ``transforms.testing`` has helpers for your tests.
 """
 from transforms.batches import ParseEvents, ToRowBatches
 from transforms.dedup import DeduplicateEvents
+from transforms.fanout import FormatForPartners
 from transforms.identities import ResolveIdentities, resolve_identity
 from transforms.partners import FormatForPartner, PartnerFormatter
 from transforms.read import ReadCurrentsExport
@@ -19,6 +22,6 @@ from transforms.validate import ValidateEvents
 
 __all__ = [
     "ReadCurrentsExport", "ValidateEvents", "DeduplicateEvents", "ResolveIdentities",
-    "FormatForPartner", "ParseEvents", "ToRowBatches", "WriteShards",
+    "FormatForPartner", "FormatForPartners", "ParseEvents", "ToRowBatches", "WriteShards",
     "resolve_identity", "PartnerFormatter",
 ]

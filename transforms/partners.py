@@ -160,23 +160,15 @@ class _Format(beam.DoFn):
 
     def process(self, element: tuple[int, list]) -> Iterator[Any]:
         shard, items = element
-        partner, dumps, plans = self._partner, orjson.dumps, self._formatter._plans
+        partner, dumps, format_ = self._partner, orjson.dumps, self._formatter.format
         lines, skipped = [], []
         with paused_gc():
-            for record, identities in items:  # PartnerFormatter.format, inlined
-                event_type = record.get("event_type")
-                plan = plans.get(event_type, NO_MAPPING)
-                identity = identities[partner]
-                if type(plan) is str:
-                    reason = plan
-                elif type(identity) is str:
-                    reason = identity
+            for record, identities in items:
+                payload, reason = format_(record, identities[partner])
+                if payload is not None:
+                    lines.append(dumps(payload))
                 else:
-                    payload, reason = plan(record, identity)
-                    if payload is not None:
-                        lines.append(dumps(payload))
-                        continue
-                skipped.append((event_type, record.get("id"), reason))
+                    skipped.append((record.get("event_type"), record.get("id"), reason))
             yield shard, lines
         stats: Counter = Counter()
         for _, _, reason in skipped:
