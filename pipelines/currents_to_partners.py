@@ -2,9 +2,9 @@
 
 The whole flow (each step a composite PTransform from ``transforms``):
 
-    ReadCurrentsExport -> ValidateEvents -> DeduplicateEvents -> ResolveIdentities
-         | files              | dead letter      | duplicates          -> FormatForPartner x N
-         +--------------------+------------------+----------------------------+--> summary
+    ReadCurrentsExport -> ValidateEvents -> DeduplicateEvents -> FormatForPartners
+         | files              | dead letter      | duplicates          | payloads, skipped
+         +--------------------+------------------+---------------------+--> summary
 
 Run locally on the bundled sample (writes ./output):
 
@@ -34,8 +34,9 @@ from pydantic import ValidationError
 
 from pipelines.gcs import emulator_args
 from pipelines.options import RunConfig, parse
-from transforms import (DeduplicateEvents, FormatForPartner, ReadCurrentsExport,
-                        ResolveIdentities, ValidateEvents)
+from transforms import (DeduplicateEvents, FormatForPartners, ReadCurrentsExport,
+                        ValidateEvents)
+from transforms.fanout import skipped_tag
 from transforms.partners import PARTNERS
 from transforms.read import export_size
 from transforms.sinks import SUMMARY, TEMPORARY, CommitOutputs, ShardRecords, WriteShards
@@ -85,17 +86,15 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
     ]
     stats = [checked.stats, unique.stats, read.files | "FileStats" >> beam.Map(file_stats)]
     if cfg.partners:
-        identified = unique.events | "ResolveIdentities" >> ResolveIdentities(cfg.partners)
-        stats.append(identified.stats)
+        formatted = unique.events | "FormatForPartners" >> FormatForPartners(
+            cfg.partners, cfg.partner_config())
+        stats.append(formatted.stats)
     for partner in cfg.partners:
-        out = identified.identified | f"FormatFor[{partner}]" >> FormatForPartner(
-            partner, cfg.partner_config())
         written += [
-            out.payloads | f"Write[{partner}]" >> WriteShards(
+            formatted[partner] | f"Write[{partner}]" >> WriteShards(
                 temp_dir, f"partners/{partner}", n),
-            out.skipped | f"WriteSkipped[{partner}]" >> WriteShards(
+            formatted[skipped_tag(partner)] | f"WriteSkipped[{partner}]" >> WriteShards(
                 temp_dir, f"partners/{partner}/_skipped", n)]
-        stats.append(out.stats)
 
     written = written | "AllWritten" >> beam.Flatten()
     stats = stats | "AllStats" >> beam.Flatten() | "MergeStats" >> beam.CombineGlobally(

@@ -18,9 +18,9 @@ from pipelines.currents_to_partners import build, run
 from pipelines.options import parse, parser
 from tests.conftest import REPO
 
-STEPS = {"ReadCurrentsExport", "ValidateEvents", "DeduplicateEvents", "ResolveIdentities",
-         "CommitOutputs", *(f"FormatFor[{p}]" for p in ("amplitude", "mixpanel", "mparticle",
-                                                          "segment"))}
+STEPS = {"ReadCurrentsExport", "ValidateEvents", "DeduplicateEvents", "FormatForPartners",
+         "CommitOutputs", *(f"Write[{p}]" for p in ("amplitude", "mixpanel", "mparticle",
+                                                      "segment"))}
 DATAFLOW = ["--runner", "DataflowRunner", "--dry_run=True", "--project", "my-project",
             "--region", "europe-west1", "--temp_location", "gs://my-temp-bucket/tmp",
             "--setup_file", str(REPO / "setup.py"), "--machine_type", "n2-standard-4",
