@@ -146,12 +146,12 @@ def test_a_selected_partner_without_its_setting_stops_at_start(tmp_path, capsys,
 def test_a_run_that_fails_part_way_leaves_nothing_that_looks_complete(tmp_path, capsys,
                                                                      monkeypatch):
     """A crash mid-run (injected: a formatter that dies) -> exit 1, no summary, no shards."""
-    from transforms import partners
+    from transforms import fanout
 
-    def crash(record, identity):
+    def crash(record, not_eligible):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(partners, "compile_plan", lambda *args: crash)
+    monkeypatch.setattr(fanout, "compile_partners", lambda *args: crash)
     out = tmp_path / "o"
     assert run(["--output", str(out), *WITH_TOKEN]) == 1
     err = capsys.readouterr().err.strip()
@@ -162,11 +162,11 @@ def test_a_run_that_fails_part_way_leaves_nothing_that_looks_complete(tmp_path, 
 
 def test_a_failed_rerun_keeps_the_previous_complete_output(sample_run, tmp_path, monkeypatch):
     import shutil
-    from transforms import partners
+    from transforms import fanout
     out = tmp_path / "copy"
     shutil.copytree(sample_run, out)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    monkeypatch.setattr(partners, "compile_plan", lambda *args: lambda *a: 1 / 0)
+    monkeypatch.setattr(fanout, "compile_partners", lambda *args: lambda *a: 1 / 0)
     assert run(["--output", str(out), *WITH_TOKEN]) == 1
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "_temporary" not in
              str(p)}

@@ -2,7 +2,8 @@
 
 One formatter for every partner and event type: the mapping is data
 (``schemas/partners/<partner>.json``, generated from the seed tabs), compiled per worker
-into one small function per (partner, event type). Each destination key
+into one small function per (partner, event type), or per event type for all partners at
+once (``compile_partners``, what the pipeline uses). Each destination key
 is a constant or takes its value from a Currents field, the partner's event name, the
 identity chosen by ResolveIdentities, or a run option (token, environment). Custom event
 and purchase ``properties`` are expanded into the property bag with the documented
@@ -40,14 +41,96 @@ def _date_of_day(day: int) -> str:
     return _time.strftime("%Y-%m-%dT", _time.gmtime(day * 86_400))
 
 
-# conversion name -> Python expression over `v`
-_CONVERT = {"seconds_to_millis": "v * 1000", "seconds_to_iso8601": "_iso8601(v)",
-            "not": "not v"}
+# conversion name -> Python expression over the value `{v}`
+_CONVERT = {"seconds_to_millis": "{v} * 1000", "seconds_to_iso8601": "_iso8601({v})",
+            "not": "not {v}"}
 
 
 def load_mapping(partner: str) -> dict:
     """The packaged mapping of one partner."""
     return read_json_resource(f"partners/{partner}.json")
+
+
+def _mapping_code(spec: dict, bag_path: str, config: dict, name_prefix: dict,
+                  const: Callable[[Any], str], value_of: Callable[[str], str], ident: str,
+                  has_extra: str, known: str) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """The statements (not indented) that build one payload into ``c0``, one per
+    destination key, and its required keys as (container variable, key, path).
+
+    ``value_of(field)``: the expression of a Currents field's value; ``ident``: the
+    identity dict's variable; ``has_extra``: an expression, true when the record has
+    fields the mapping does not know (``known``: the name of their set).
+    """
+    code = ["c0 = {}"]
+    containers = {"": "c0"}
+
+    def container(path: str) -> str:
+        if path not in containers:
+            parent, _, key = path.rpartition(".")
+            var = f"c{len(containers)}"
+            containers[path] = var
+            if key.isdigit():  # a list of one object: mParticle's events[0]
+                grand, _, list_key = parent.rpartition(".")
+                code.append(f"{var} = {{}}; {container(grand)}[{list_key!r}] = [{var}]")
+            else:
+                code.append(f"{var} = {{}}; {container(parent)}[{key!r}] = {var}")
+        return containers[path]
+
+    required = []
+    for entry in spec["fields"]:
+        parent, _, key = entry["to"].rpartition(".")
+        target = f"{container(parent)}[{key!r}]"
+        source = entry.get("from")
+        if "const" in entry or source.startswith("@config."):
+            value = entry["const"] if "const" in entry else config[source[8:]]
+            code.append(f"{target} = {const(value)}")
+            continue
+        if source == "@event_name":
+            if spec["name"] is None:  # a custom event: its own name, prefixed
+                code.append(f"{target} = {const(name_prefix['custom_event_prefix'])}"
+                            f" + str({value_of('name')})")
+            else:
+                code.append(f"{target} = {const(name_prefix['prefix'] + spec['name'])}")
+            continue
+        get = (f"{ident}.get({source[10:]!r})" if source.startswith("@identity.")
+               else value_of(source))
+        indent = ""
+        if "when" in entry:
+            cond = " and ".join(f"{value_of(f)} == {const(v)}" for f, v in entry["when"].items())
+            code.append(f"if {cond}:")
+            indent = "    "
+        var = get if get.isidentifier() else "v"  # a local variable is used as is
+        if var == "v":
+            code.append(f"{indent}v = {get}")
+        value = _CONVERT[entry["convert"]].format(v=var) if "convert" in entry else var
+        code.append(f"{indent}if {var} is not None: {target} = {value}")
+        if entry.get("required"):
+            required.append((container(parent), key, entry["to"]))
+    bag = container(bag_path)
+    expand = spec.get("expand_properties")
+    if expand is not None:
+        code += [f"props = {value_of('properties')}",
+                 "if props:",
+                 f"    for k, v in loads(props).items(): {bag}[{const(expand['prefix'])} + k] = v"]
+    code += [f"if {has_extra}:",  # fields Braze added later: kept, in order
+             "    for k, v in r.items():",
+             f"        if v is not None and k not in {known}: {bag}[k] = v"]
+    return code, [(var, key, f"missing_required:{path}") for var, key, path in required]
+
+
+def _known(spec: dict) -> frozenset:
+    return frozenset(spec["known_fields"]) | {"event_type"}
+
+
+def _constants(consts: list) -> Callable[[Any], str]:
+    def const(value: Any) -> str:
+        consts.append(value)
+        return f"K[{len(consts) - 1}]" + (".copy()" if isinstance(value, (dict, list)) else "")
+    return const
+
+
+def _indented(lines: list[str], spaces: int) -> list[str]:
+    return [" " * spaces + line for line in lines]
 
 
 def compile_plan(spec: dict, bag_path: str, config: dict,
@@ -60,68 +143,64 @@ def compile_plan(spec: dict, bag_path: str, config: dict,
     the mapping, which matters at millions of events an hour.
     """
     consts: list[Any] = []
-    code = ["def build(r, ident):", "    g = r.get", "    c0 = {}"]
-    containers = {"": "c0"}
-
-    def container(path: str) -> str:
-        if path not in containers:
-            parent, _, key = path.rpartition(".")
-            var = f"c{len(containers)}"
-            containers[path] = var
-            if key.isdigit():  # a list of one object: mParticle's events[0]
-                grand, _, list_key = parent.rpartition(".")
-                code.append(f"    {var} = {{}}; {container(grand)}[{list_key!r}] = [{var}]")
-            else:
-                code.append(f"    {var} = {{}}; {container(parent)}[{key!r}] = {var}")
-        return containers[path]
-
-    def const(value: Any) -> str:
-        consts.append(value)
-        return f"K[{len(consts) - 1}]" + (".copy()" if isinstance(value, (dict, list)) else "")
-
-    required = []
-    for entry in spec["fields"]:
-        parent, _, key = entry["to"].rpartition(".")
-        target = f"{container(parent)}[{key!r}]"
-        source = entry.get("from")
-        if "const" in entry or source.startswith("@config."):
-            value = entry["const"] if "const" in entry else config[source[8:]]
-            code.append(f"    {target} = {const(value)}")
-            continue
-        if source == "@event_name":
-            if spec["name"] is None:  # a custom event: its own name, prefixed
-                code.append(f"    {target} = {const(name_prefix['custom_event_prefix'])}"
-                            f" + str(g('name'))")
-            else:
-                code.append(f"    {target} = {const(name_prefix['prefix'] + spec['name'])}")
-            continue
-        get = (f"ident.get({source[10:]!r})" if source.startswith("@identity.")
-               else f"g({source!r})")
-        indent = "    "
-        if "when" in entry:
-            cond = " and ".join(f"g({f!r}) == {const(v)}" for f, v in entry["when"].items())
-            code.append(f"    if {cond}:")
-            indent = "        "
-        code.append(f"{indent}v = {get}")
-        value = _CONVERT[entry["convert"]] if "convert" in entry else "v"
-        code.append(f"{indent}if v is not None: {target} = {value}")
-        if entry.get("required"):
-            required.append((container(parent), key, entry["to"]))
-    bag = container(bag_path)
-    expand = spec.get("expand_properties")
-    if expand is not None:
-        code += ["    props = g('properties')",
-                 "    if props:",
-                 f"        for k, v in loads(props).items(): {bag}[{const(expand['prefix'])} + k] = v"]
-    code += ["    if not KNOWN.issuperset(r):",  # fields Braze added later: kept, in order
-             "        for k, v in r.items():",
-             f"            if v is not None and k not in KNOWN: {bag}[k] = v"]
-    for var, key, path in required:
-        code.append(f"    if {key!r} not in {var}: return None, {('missing_required:' + path)!r}")
+    body, required = _mapping_code(spec, bag_path, config, name_prefix, _constants(consts),
+                                   lambda field: f"g({field!r})", "ident",
+                                   "not KNOWN.issuperset(r)", "KNOWN")
+    code = ["def build(r, ident):", "    g = r.get", *_indented(body, 4)]
+    code += [f"    if {key!r} not in {var}: return None, {why!r}" for var, key, why in required]
     code.append("    return c0, None")
-    namespace = {"K": consts, "KNOWN": frozenset(spec["known_fields"]) | {"event_type"},
-                 "loads": orjson.loads, "_iso8601": _iso8601}
+    namespace = {"K": consts, "KNOWN": _known(spec), "loads": orjson.loads,
+                 "_iso8601": _iso8601}
     exec(compile("\n".join(code), f"<mapping {name_prefix}>", "exec"), namespace)
+    return namespace["build"]
+
+
+def compile_partners(event_type: str, partners: tuple[str, ...], mappings: dict[str, dict],
+                     config: dict, rules: dict[str, Callable]) -> Callable:
+    """One function for an event type and several partners: ``(record, not_eligible) ->
+    (outcome per partner)``, an outcome being the payload dict or the reason it is not
+    sent; ``not_eligible[partner, reason]`` counts the identities ``rules`` refuse.
+
+    The same statements as ``compile_plan``'s builders, one after the other, but each
+    Currents field is looked up once for all partners, and the record's unknown fields
+    checked once: most fields go to every partner's property bag.
+    """
+    consts: list[Any] = []
+    const = _constants(consts)
+    fields: dict[str, str] = {}  # Currents field -> local variable
+
+    def value_of(field: str) -> str:
+        return fields.setdefault(field, f"f{len(fields)}")
+
+    namespace: dict[str, Any] = {"K": consts, "loads": orjson.loads, "_iso8601": _iso8601}
+    knowns: dict[frozenset, str] = {}
+    body: list[str] = []
+    for n, partner in enumerate(partners):
+        namespace[f"R{n}"] = rules[partner]
+        body.append(f"i{n} = R{n}(r)")
+        mapping = mappings[partner]
+        spec = mapping["events"].get(event_type)
+        if spec is None or not spec["sendable"]:
+            body += [f"if type(i{n}) is str: NE[{partner!r}, i{n}] += 1",
+                     f"o{n} = {NO_MAPPING if spec is None else spec['reason']!r}"]
+            continue
+        known = knowns.setdefault(_known(spec), f"KNOWN{len(knowns)}")
+        code, required = _mapping_code(spec, mapping["property_bag"], config,
+                                       mapping["event_name"], const, value_of, f"i{n}",
+                                       f"x{known[5:]}", known)
+        body += [f"if type(i{n}) is str:", f"    NE[{partner!r}, i{n}] += 1",
+                 f"    o{n} = i{n}", "else:", *_indented(code, 4)]
+        body += [f"    {'el' if i else ''}if {key!r} not in {var}: o{n} = {why!r}"
+                 for i, (var, key, why) in enumerate(required)]
+        body.append(f"    {'else: ' if required else ''}o{n} = c0")
+    head = ["def build(r, NE):", "    g = r.get"]
+    head += [f"    {var} = g({field!r})" for field, var in fields.items()]
+    for known, name in knowns.items():
+        namespace[name] = known
+        head.append(f"    x{name[5:]} = not {name}.issuperset(r)")
+    code = head + _indented(body, 4) + [
+        f"    return ({''.join(f'o{n}, ' for n in range(len(partners)))})"]
+    exec(compile("\n".join(code), f"<partners {event_type}>", "exec"), namespace)
     return namespace["build"]
 
 
