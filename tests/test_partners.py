@@ -223,3 +223,13 @@ def test_transform_writes_payloads_and_skips():
         assert_that(out.stats, equal_to([{"partners/mixpanel/written": 1,
                                           "partners/mixpanel/skipped/no_external_id": 1}]),
                     label="stats")
+
+
+@pytest.mark.parametrize("seconds", [0, 59, 60, 86_399, 86_400, 951_782_400, 1_795_507_226,
+                                     2_147_483_648, 4_102_444_799])
+def test_iso8601_is_utc_to_the_second(seconds):
+    from datetime import datetime, timezone
+
+    from transforms.partners import _iso8601
+    expected = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert _iso8601(seconds) == _iso8601(seconds) == expected
