@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -150,6 +151,22 @@ def local_parallelism(beam_args: list[str], avro_bytes: int) -> list[str]:
             "--direct_running_mode=multi_processing"]
 
 
+def local_runner(options: PipelineOptions) -> Any:
+    """The runner for a run that chose none: Beam's Python FnApiRunner, set up as the
+    DirectRunner sets it up (it runs the local worker processes). The DirectRunner itself
+    would first try Prism, which downloads a Go binary from GitHub on every run: a hang
+    behind a firewall, and a different runner from the one tested and measured here.
+    None when a runner was chosen (``--runner=PrismRunner`` for Prism)."""
+    if options.view_as(StandardOptions).runner is not None:
+        return None
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
+        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
+
+
 def local_worker_env(env: dict) -> None:
     """Settings for the local worker processes we start (they inherit ``env``), unless
     the user chose:
@@ -224,7 +241,8 @@ def run(argv: list[str] | None = None) -> int:
     try:
         spill = (tempfile.TemporaryDirectory(prefix="currents-shuffle-")
                  if runs_locally(options) else contextlib.nullcontext())
-        with spill as spill_dir, beam.Pipeline(options=options) as p:
+        with spill as spill_dir, beam.Pipeline(runner=local_runner(options),
+                                                options=options) as p:
             build(p, cfg, temp_dir, spill_dir)
         if _job_not_run_here(options):
             print("Dataflow job built (--dry_run or --template_location), not run: no outputs")

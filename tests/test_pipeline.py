@@ -230,3 +230,22 @@ def test_local_workers_get_capped_arenas_and_one_polars_thread_unless_the_user_c
     env = {"MALLOC_ARENA_MAX": "8", "POLARS_MAX_THREADS": "2"}
     local_worker_env(env)
     assert env == {"MALLOC_ARENA_MAX": "8", "POLARS_MAX_THREADS": "2"}
+
+
+def test_a_run_without_a_runner_never_tries_prism(tmp_path, monkeypatch):
+    """The DirectRunner would first try Prism, downloading it from GitHub on every run."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.direct import direct_runner
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+    from pipelines.currents_to_partners import local_runner
+
+    def no(*args, **kwargs):
+        raise AssertionError("the DirectRunner (and its Prism attempt) was used")
+
+    monkeypatch.setattr(direct_runner.SwitchingDirectRunner, "run_pipeline", no)
+    out = tmp_path / "out"
+    assert run(["--input", str(bundled_sample()), "--output", str(out), *WITH_TOKEN]) == 0
+    assert json.loads((out / "summary.json").read_text())["conservation_ok"]
+    assert isinstance(local_runner(PipelineOptions([])), fn_runner.FnApiRunner)
+    assert local_runner(PipelineOptions(["--runner", "DirectRunner"])) is None  # chosen
