@@ -14,11 +14,10 @@ from collections import Counter
 from typing import Any, Iterator
 
 import apache_beam as beam
-import orjson
 
 from transforms import codec
 from transforms.gcpause import paused_gc
-from transforms.identities import CHUNK, RULES
+from transforms.identities import CHUNK
 from transforms.partners import PARTNERS, compile_partners, load_mapping
 from transforms.types import STATS, ShardLines
 
@@ -34,6 +33,9 @@ class _FormatAll(beam.DoFn):
 
     def setup(self):
         self._mappings = {p: load_mapping(p) for p in self._partners}
+        # each partner's (payloads, skipped) of the chunk being formatted: the compiled
+        # builders append to these lists, emptied after each chunk
+        self._outputs = [([], []) for _ in self._partners]
         self._builders: dict[str, Any] = {}
 
     def _builder(self, event_type: str):
@@ -41,40 +43,39 @@ class _FormatAll(beam.DoFn):
         build = self._builders.get(event_type)
         if build is None:
             build = self._builders[event_type] = compile_partners(
-                event_type, self._partners, self._mappings, self._config, RULES)
+                event_type, self._partners, self._mappings, self._config, self._outputs)
         return build
 
     def process(self, element: ShardLines) -> Iterator[Any]:
         shard, lines = element
-        partners, loads, dumps = self._partners, codec.loads, orjson.dumps  # keys in order
+        partners, loads = self._partners, codec.loads
         not_eligible: Counter = Counter()  # (partner, reason)
         skipped_by: Counter = Counter()    # (partner, reason)
         written = Counter()
         builders = self._builders
+        for payloads, skipped in self._outputs:  # a failed element's leftovers
+            payloads.clear()
+            skipped.clear()
         # A shard is parsed and formatted a chunk at a time (the writers append the
         # chunks to the shard's file): a worker holds a chunk of parsed events.
         for start in range(0, len(lines), self._chunk):
-            outs = [(p, [], []) for p in partners]
             with paused_gc():
                 for line in lines[start:start + self._chunk]:
                     record = loads(line)
                     event_type = record.get("event_type")
-                    build = builders.get(event_type) or self._builder(event_type)
-                    for (_, payloads, skipped), outcome in zip(
-                            outs, build(record, not_eligible)):
-                        if type(outcome) is dict:
-                            payloads.append(dumps(outcome))
-                        else:
-                            skipped.append((event_type, record.get("id"), outcome))
-            for partner, payloads, skipped in outs:
+                    (builders.get(event_type) or self._builder(event_type))(
+                        record, not_eligible)
+            for partner, (payloads, skipped) in zip(partners, self._outputs):
                 written[partner] += len(payloads)
-                yield beam.pvalue.TaggedOutput(partner, (shard, payloads))
+                yield beam.pvalue.TaggedOutput(partner, (shard, payloads[:]))
+                payloads.clear()
                 if skipped:
                     for _, _, reason in skipped:
                         skipped_by[partner, reason] += 1
                     yield beam.pvalue.TaggedOutput(skipped_tag(partner), (shard, [
                         codec.dumps({"event_type": t, "id": i, "reason": r})
                         for t, i, r in skipped]))
+                    skipped.clear()
         yield beam.pvalue.TaggedOutput(STATS, _stats(partners, len(lines), not_eligible,
                                                      skipped_by, written))
 

@@ -11,8 +11,9 @@ partner rules come from seeds 001/003/004:
 """
 from __future__ import annotations
 
+import functools
 from collections import Counter
-from typing import Any, Callable, Iterator, Union
+from typing import Any, Iterator, NamedTuple, Union
 
 import apache_beam as beam
 
@@ -33,41 +34,35 @@ def _present(value: Any) -> bool:
     return isinstance(value, str) and value != ""
 
 
-def _amplitude(r: Record) -> Identity:
-    ext, device = r.get("external_user_id"), r.get("device_id")
-    if _present(ext):
-        return {"user_id": ext, "device_id": device if _present(device) else None}
-    if _present(device):
-        return {"user_id": None, "device_id": device}
-    return "no_external_id_or_device_id"
+class IdentityRule(NamedTuple):
+    """What a partner gets: ``keys`` (identity key -> Currents field, None where the field
+    is absent or empty), sendable only when one of ``needs_any`` is present, otherwise
+    ``reason``. Data, so that the partner builders can be compiled with it inline."""
+    keys: dict[str, str]
+    needs_any: tuple[str, ...]
+    reason: str
 
 
-def _mixpanel(r: Record) -> Identity:
-    ext = r.get("external_user_id")
-    return {"distinct_id": ext} if _present(ext) else "no_external_id"
-
-
-def _mparticle(r: Record) -> Identity:
-    ext = r.get("external_user_id")
-    return {"customerid": ext} if _present(ext) else "no_external_id"
-
-
-def _segment(r: Record) -> Identity:
-    braze, ext = r.get("user_id"), r.get("external_user_id")
-    if not _present(braze):
-        return "no_braze_id"
-    return {"anonymousId": braze, "userId": ext if _present(ext) else None}
-
-
-RULES: dict[str, Callable[[Record], Identity]] = {
-    "amplitude": _amplitude, "mixpanel": _mixpanel,
-    "mparticle": _mparticle, "segment": _segment,
+IDENTITY_RULES: dict[str, IdentityRule] = {
+    "amplitude": IdentityRule({"user_id": "external_user_id", "device_id": "device_id"},
+                              ("external_user_id", "device_id"),
+                              "no_external_id_or_device_id"),
+    "mixpanel": IdentityRule({"distinct_id": "external_user_id"}, ("external_user_id",),
+                             "no_external_id"),
+    "mparticle": IdentityRule({"customerid": "external_user_id"}, ("external_user_id",),
+                              "no_external_id"),
+    "segment": IdentityRule({"anonymousId": "user_id", "userId": "external_user_id"},
+                            ("user_id",), "no_braze_id"),
 }
 
 
 def resolve_identity(partner: str, record: Record) -> Identity:
     """The identity ``partner`` would use for ``record``, or why it cannot be sent."""
-    return RULES[partner](record)
+    rule = IDENTITY_RULES[partner]
+    if not any(_present(record.get(field)) for field in rule.needs_any):
+        return rule.reason
+    return {key: value if _present(value := record.get(field)) else None
+            for key, field in rule.keys.items()}
 
 
 class _Resolve(beam.DoFn):
@@ -76,7 +71,7 @@ class _Resolve(beam.DoFn):
 
     def process(self, element: ShardLines) -> Iterator[Any]:
         shard, lines = element
-        rules = [(p, RULES[p]) for p in self._partners]
+        rules = [(p, functools.partial(resolve_identity, p)) for p in self._partners]
         not_eligible: Counter = Counter()  # (partner, reason); most events are eligible
         loads = codec.loads
         # A shard's events are parsed and formatted a chunk at a time (the partners'
@@ -115,7 +110,7 @@ class ResolveIdentities(beam.PTransform):
 
     def __init__(self, partners: tuple[str, ...] = PARTNERS, chunk: int | None = None):
         super().__init__()
-        unknown = set(partners) - set(RULES)
+        unknown = set(partners) - set(IDENTITY_RULES)
         if unknown:
             raise ValueError(f"unknown partner(s): {', '.join(sorted(unknown))}")
         self._partners = tuple(partners)

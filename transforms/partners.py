@@ -22,6 +22,7 @@ import orjson
 from schemas.catalogue import read_json_resource
 from transforms import codec
 from transforms.gcpause import paused_gc
+from transforms.identities import IDENTITY_RULES
 from transforms.types import SKIPPED, STATS, IdentifiedBatch, Record, ShardLines
 
 PARTNERS = ("amplitude", "mixpanel", "mparticle", "segment")
@@ -55,13 +56,14 @@ def load_mapping(partner: str) -> dict:
 
 
 def _mapping_code(spec: dict, bag_path: str, config: dict, name_prefix: dict,
-                  const: Callable[[Any], str], value_of: Callable[[str], str], ident: str,
-                  has_extra: str, known: str) -> tuple[list[str], list[tuple[str, str, str]]]:
+                  const: Callable[[Any], str], value_of: Callable[[str], str],
+                  identity_of: Callable[[str], str], has_extra: str,
+                  known: str) -> tuple[list[str], list[tuple[str, str, str]]]:
     """The statements (not indented) that build one payload into ``c0``, one per
     destination key, and its required keys as (container variable, key, path).
 
-    ``value_of(field)``: the expression of a Currents field's value; ``ident``: the
-    identity dict's variable; ``has_extra``: an expression, true when the record has
+    ``value_of(field)``: the expression of a Currents field's value; ``identity_of(key)``:
+    of the identity's ``key`` (see ``identities.IDENTITY_RULES``); ``has_extra``: an expression, true when the record has
     fields the mapping does not know (``known``: the name of their set).
     """
     code = ["c0 = {}"]
@@ -95,7 +97,7 @@ def _mapping_code(spec: dict, bag_path: str, config: dict, name_prefix: dict,
             else:
                 code.append(f"{target} = {const(name_prefix['prefix'] + spec['name'])}")
             continue
-        get = (f"{ident}.get({source[10:]!r})" if source.startswith("@identity.")
+        get = (identity_of(source[10:]) if source.startswith("@identity.")
                else value_of(source))
         indent = ""
         if "when" in entry:
@@ -147,7 +149,8 @@ def compile_plan(spec: dict, bag_path: str, config: dict,
     """
     consts: list[Any] = []
     body, required = _mapping_code(spec, bag_path, config, name_prefix, _constants(consts),
-                                   lambda field: f"g({field!r})", "ident",
+                                   lambda field: f"g({field!r})",
+                                   lambda key: f"ident.get({key!r})",
                                    "not KNOWN.issuperset(r)", "KNOWN")
     code = ["def build(r, ident):", "    g = r.get", *_indented(body, 4)]
     code += [f"    if {key!r} not in {var}: return None, {why!r}" for var, key, why in required]
@@ -159,14 +162,17 @@ def compile_plan(spec: dict, bag_path: str, config: dict,
 
 
 def compile_partners(event_type: str, partners: tuple[str, ...], mappings: dict[str, dict],
-                     config: dict, rules: dict[str, Callable]) -> Callable:
-    """One function for an event type and several partners: ``(record, not_eligible) ->
-    (outcome per partner)``, an outcome being the payload dict or the reason it is not
-    sent; ``not_eligible[partner, reason]`` counts the identities ``rules`` refuse.
+                     config: dict, outputs: list[tuple[list, list]]) -> Callable:
+    """One function for an event type and several partners, ``(record, not_eligible)``:
+    appends each partner's payload (JSON bytes) to its ``outputs[n][0]``, or
+    ``(event_type, id, reason)`` to ``outputs[n][1]`` when the event is not sent, and
+    counts ``not_eligible[partner, reason]`` for the identities the partner's rule
+    (``identities.IDENTITY_RULES``) refuses.
 
-    The same statements as ``compile_plan``'s builders, one after the other, but each
-    Currents field is looked up once for all partners, and the record's unknown fields
-    checked once: most fields go to every partner's property bag.
+    The same statements as ``compile_plan``'s builders, one partner after the other, but
+    each Currents field is looked up once for all partners, the identity rules are
+    written inline, and the record's unknown fields are checked once: most fields go to
+    every partner's property bag.
     """
     consts: list[Any] = []
     const = _constants(consts)
@@ -175,34 +181,40 @@ def compile_partners(event_type: str, partners: tuple[str, ...], mappings: dict[
     def value_of(field: str) -> str:
         return fields.setdefault(field, f"f{len(fields)}")
 
-    namespace: dict[str, Any] = {"K": consts, "loads": orjson.loads, "_iso8601": _iso8601}
+    def present(field: str) -> str:  # identities._present, on the field's local
+        return f"(isinstance({value_of(field)}, str) and {value_of(field)} != '')"
+
+    namespace: dict[str, Any] = {"K": consts, "loads": orjson.loads, "dumps": orjson.dumps,
+                                 "_iso8601": _iso8601, "ET": event_type}
     knowns: dict[frozenset, str] = {}
     body: list[str] = []
     for n, partner in enumerate(partners):
-        namespace[f"R{n}"] = rules[partner]
-        body.append(f"i{n} = R{n}(r)")
-        mapping = mappings[partner]
-        spec = mapping["events"].get(event_type)
+        rule = IDENTITY_RULES[partner]
+        namespace[f"P{n}"], namespace[f"S{n}"] = (out.append for out in outputs[n])
+        refused = (f"if not ({' or '.join(present(f) for f in rule.needs_any)}):",
+                   f"    NE[{partner!r}, {rule.reason!r}] += 1")
+        spec = mappings[partner]["events"].get(event_type)
         if spec is None or not spec["sendable"]:
-            body += [f"if type(i{n}) is str: NE[{partner!r}, i{n}] += 1",
-                     f"o{n} = {NO_MAPPING if spec is None else spec['reason']!r}"]
+            reason = NO_MAPPING if spec is None else spec["reason"]
+            body += [*refused, f"S{n}((ET, g('id'), {reason!r}))"]
             continue
         known = knowns.setdefault(_known(spec), f"KNOWN{len(knowns)}")
-        code, required = _mapping_code(spec, mapping["property_bag"], config,
-                                       mapping["event_name"], const, value_of, f"i{n}",
-                                       f"x{known[5:]}", known)
-        body += [f"if type(i{n}) is str:", f"    NE[{partner!r}, i{n}] += 1",
-                 f"    o{n} = i{n}", "else:", *_indented(code, 4)]
-        body += [f"    {'el' if i else ''}if {key!r} not in {var}: o{n} = {why!r}"
+        code, required = _mapping_code(
+            spec, mappings[partner]["property_bag"], config, mappings[partner]["event_name"],
+            const, value_of,
+            lambda key: f"({value_of(rule.keys[key])} if {present(rule.keys[key])} else None)",
+            f"x{known[5:]}", known)
+        body += [*refused, f"    S{n}((ET, g('id'), {rule.reason!r}))", "else:",
+                 *_indented(code, 4)]
+        body += [f"    {'el' if i else ''}if {key!r} not in {var}: S{n}((ET, g('id'), {why!r}))"
                  for i, (var, key, why) in enumerate(required)]
-        body.append(f"    {'else: ' if required else ''}o{n} = c0")
+        body.append(f"    {'else: ' if required else ''}P{n}(dumps(c0))")
     head = ["def build(r, NE):", "    g = r.get"]
     head += [f"    {var} = g({field!r})" for field, var in fields.items()]
     for known, name in knowns.items():
         namespace[name] = known
         head.append(f"    x{name[5:]} = not {name}.issuperset(r)")
-    code = head + _indented(body, 4) + [
-        f"    return ({''.join(f'o{n}, ' for n in range(len(partners)))})"]
+    code = head + _indented(body, 4)
     exec(compile("\n".join(code), f"<partners {event_type}>", "exec"), namespace)
     return namespace["build"]
 
