@@ -265,7 +265,13 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main() -> None:
-    sys.exit(run(sys.argv[1:]))
+    code = run(sys.argv[1:])
+    # Everything is written, closed and printed: skip the interpreter's teardown of
+    # Beam's modules and objects, ~0.4 s of a 12 s run at 500k events.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 if __name__ == "__main__":

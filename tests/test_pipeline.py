@@ -249,3 +249,19 @@ def test_a_run_without_a_runner_never_tries_prism(tmp_path, monkeypatch):
     assert json.loads((out / "summary.json").read_text())["conservation_ok"]
     assert isinstance(local_runner(PipelineOptions([])), fn_runner.FnApiRunner)
     assert local_runner(PipelineOptions(["--runner", "DirectRunner"])) is None  # chosen
+
+
+def test_the_command_exits_with_the_run_s_code_and_prints_everything(tmp_path):
+    """main() ends with os._exit: the exit code and every line printed must survive it."""
+    import subprocess
+    import sys
+    cmd = [sys.executable, "-m", "pipelines.currents_to_partners", "--input",
+           str(bundled_sample()), "--output", str(tmp_path / "out"), *WITH_TOKEN]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert "Run summary" in done.stdout and done.stdout.rstrip().endswith(
+        f"Outputs in {tmp_path / 'out'}")
+    bad = subprocess.run([*cmd[:3], "--input", str(tmp_path / "nothing-here"), "--output",
+                          str(tmp_path / "o2")], capture_output=True, text=True, timeout=300,
+                         cwd=REPO)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ")
