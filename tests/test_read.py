@@ -1,4 +1,6 @@
 """ReadCurrentsExport: layout, writer schemas, event types and broken files."""
+import os
+
 import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
@@ -86,3 +88,17 @@ def test_export_size_counts_files_and_bytes(tmp_path):
     root = write_export(tmp_path, {CLICK: [make_record(CLICK)]})
     (avro,) = root.rglob("*.avro")
     assert export_size(str(tmp_path)) == (1, avro.stat().st_size)
+
+
+def test_files_are_spread_largest_first(tmp_path):
+    from transforms.read import export_pattern, largest_first
+    write_export(tmp_path, {
+        CLICK: [make_record(CLICK, seed=i) for i in range(50)],
+        "users.canvas.Entry": [make_record("users.canvas.Entry")],
+        "users.messages.sms.Send": [make_record("users.messages.sms.Send", seed=i)
+                                    for i in range(5)]})
+    files = largest_first(export_pattern(str(tmp_path)))
+    sizes = [(-os.path.getsize(f), f) for f in files]
+    assert len(files) == 3 and sizes == sorted(sizes)
+    assert "email.Click" in files[0] and "canvas.Entry" in files[-1]
+    assert largest_first(export_pattern(str(tmp_path / "nothing"))) == []
