@@ -236,6 +236,9 @@ def run(argv: list[str] | None = None) -> int:
         print(f"Using {LOCAL_WORKERS} local worker processes "
               "(--direct_num_workers=1 for one process)", flush=True)
         local_worker_env(os.environ)
+    if not os.environ.get("CURRENTS_DEBUG"):  # workers' start-up warnings, relayed
+        logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(
+            logging.ERROR)
     started = time.monotonic()
     options = PipelineOptions(beam_args, save_main_session=False)
     try:

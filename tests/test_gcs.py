@@ -105,5 +105,6 @@ def test_gs_rerun_from_the_cli_with_two_worker_processes(gcs_emulator, gcs_run,
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Done in" in proc.stdout
     assert "credentials" not in proc.stderr.lower()  # no ADC lookup, no anonymous fallback
+    assert "WARN" not in proc.stderr  # Beam's relayed worker start-up warnings are muted
     gcs_emulator.download_tree("currents-out", "run", tmp_path)
     assert output_files(tmp_path, "gs://currents-in/export/2026") == single_process
