@@ -4,9 +4,10 @@ The same rules as ResolveIdentities followed by one FormatForPartner per partner
 identity rules of ``transforms.identities``, the mappings of ``schemas/partners``), with
 the same outputs and counters, but each event is parsed once and goes through one
 function compiled per event type for all partners (``partners.compile_partners``): each
-Currents field is looked up once for the four payloads, no list of (event, identities)
-pairs in between, one step instead of 1 + N. The most expensive step of the pipeline,
-~35% less CPU than the two steps (micro-benchmark).
+Currents field is looked up once for the four payloads, the identity rules are written
+inline, no list of (event, identities) pairs in between, one step instead of 1 + N. The
+most expensive step of the pipeline, at about half the CPU of the two steps
+(micro-benchmark over 126k events of every type: 19-23 -> 9.5 us per event).
 """
 from __future__ import annotations
 
