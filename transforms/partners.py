@@ -22,10 +22,9 @@ import orjson
 from schemas.catalogue import read_json_resource
 from transforms import codec
 from transforms.gcpause import paused_gc
-from transforms.identities import IDENTITY_RULES
+from transforms.identities import IDENTITY_RULES, PARTNERS
 from transforms.types import SKIPPED, STATS, IdentifiedBatch, Record, ShardLines
 
-PARTNERS = ("amplitude", "mixpanel", "mparticle", "segment")
 NO_MAPPING = "no_mapping_for_event_type"
 
 
