@@ -156,14 +156,33 @@ def local_runner(options: PipelineOptions) -> Any:
     DirectRunner sets it up (it runs the local worker processes). The DirectRunner itself
     would first try Prism, which downloads a Go binary from GitHub on every run: a hang
     behind a firewall, and a different runner from the one tested and measured here.
+    Its local worker processes start from ``pipelines.local_worker`` (Beam's harness,
+    then an exit without interpreter teardown).
     None when a runner was chosen (``--runner=PrismRunner`` for Prism)."""
     if options.view_as(StandardOptions).runner is not None:
         return None
+    from apache_beam.portability import python_urns
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    from pipelines import local_worker
+
+    # The payload of Beam's subprocess environment is its command line, as bytes
+    beams_command = f"{sys.executable} -m apache_beam.runners.worker.sdk_worker_main"
+
+    class LocalRunner(fn_runner.FnApiRunner):
+        def run_via_runner_api(self, pipeline_proto, options):
+            # Beam's worker command (multi_processing) -> ours; any other environment
+            # (a user's own command, in-process workers) is left as it is.
+            for env in pipeline_proto.components.environments.values():
+                if (env.urn == python_urns.SUBPROCESS_SDK
+                        and env.payload == beams_command.encode()):
+                    env.payload = local_worker.COMMAND.encode()
+            return super().run_via_runner_api(pipeline_proto, options)
+
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
-    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
+    return LocalRunner(provision_info=fn_runner.ExtendedProvisionInfo(
         beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
 
 

@@ -265,3 +265,29 @@ def test_the_command_exits_with_the_run_s_code_and_prints_everything(tmp_path):
                           str(tmp_path / "o2")], capture_output=True, text=True, timeout=300,
                          cwd=REPO)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ")
+
+
+def test_local_worker_processes_run_beams_harness_from_our_entry_point():
+    """Local workers start from pipelines.local_worker (it exits without teardown)."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipelines.currents_to_partners import local_runner
+
+    options = PipelineOptions(["--direct_num_workers=2",
+                               "--direct_running_mode=multi_processing"])
+    with beam.Pipeline(runner=local_runner(options), options=options) as p:
+        mains = (p | beam.Create(range(4))
+                 | beam.Map(lambda _: sys.modules["__main__"].__spec__.name))
+        assert_that(mains, equal_to(["pipelines.local_worker"] * 4))
+
+
+def test_the_local_worker_entry_point_keeps_the_harness_exit_code_and_traceback():
+    """Without a runner to talk to, Beam's harness fails: the code and reason survive."""
+    env = {k: v for k, v in __import__("os").environ.items()
+           if k != "CONTROL_API_SERVICE_DESCRIPTOR"}
+    done = subprocess.run([sys.executable, "-m", "pipelines.local_worker"], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 1
+    assert "KeyError: 'CONTROL_API_SERVICE_DESCRIPTOR'" in done.stderr
