@@ -252,11 +252,11 @@ class _ValidateBatch(beam.DoFn):
             check = self._frame_checks[key] = compile_frame_check(spec, frame.schema)
         columns = sorted({*frame.columns, "event_type"})
         # canonical JSON, the bytes codec.dumps writes for the same row (sorted keys)
-        payload = pl.struct(columns).struct.json_encode()
+        # (encoded once: an eager select evaluates an expression used twice twice)
         out = frame.with_columns(pl.lit(event_type).alias("event_type")).select(
-            ok=check & (payload.str.len_bytes() <= MAX_PAYLOAD_BYTES),
-            id=pl.col("id"), payload=payload.cast(pl.Binary))
-        ok = out["ok"]
+            ok=check, id=pl.col("id"),
+            payload=pl.struct(columns).struct.json_encode().cast(pl.Binary))
+        ok = out["ok"] & (out["payload"].bin.size() <= MAX_PAYLOAD_BYTES)
         rows = range(first_row, first_row + frame.height)
         entries = zip(rows, repeat(event_type), out["id"].to_list(), out["payload"].to_list())
         if ok.all():
