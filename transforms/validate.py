@@ -117,20 +117,22 @@ _FRAME_DTYPES = {"string": ("String",), "int": ("Int32", "Int64"), "long": ("Int
                  "array<string>": ("List(String)",)}
 
 
-def compile_frame_check(spec: EventTypeSpec, schema: dict) -> Any:
-    """A polars expression, True only for rows ``compile_fast_check`` accepts.
+def compile_frame_check(spec: EventTypeSpec, schema: dict) -> tuple[Any, list[str]]:
+    """(a polars expression, the string columns whose values must also parse as a JSON
+    object): together True only for rows ``compile_fast_check`` accepts.
 
-    The same rules over a whole frame at once; stricter where a rule needs Python
-    (``properties`` must parse as a JSON object): such rows, like every row it does not
-    accept, go through ``_Validator.check`` one by one.
+    The same rules over a whole frame at once, but for the one that needs a JSON parser
+    (``properties``), left to the caller column by column. Every row they do not accept
+    goes through ``_Validator.check`` one by one, for its reason.
     """
     import polars as pl
-    tests = []
+    tests: list[Any] = []
+    json_objects: list[str] = []
     for name, field in spec.fields.items():
         dtype = schema.get(name)
         if dtype is None:  # the row has no such field: None
             if field.required:
-                return pl.lit(False)
+                return pl.lit(False), []
             continue
         col = pl.col(name)
         if str(dtype) not in _FRAME_DTYPES[field.type]:
@@ -140,14 +142,15 @@ def compile_frame_check(spec: EventTypeSpec, schema: dict) -> Any:
         elif name == "id" and field.type == "string":
             test = col != ""
         elif name == "properties" and field.type == "string":
-            test = pl.lit(False)
+            test = pl.lit(True)
+            json_objects.append(name)
         elif field.type == "float" and dtype == pl.Float64:
             test = col.is_finite()
         else:
             test = pl.lit(True)
         test = (col.is_not_null() & test) if field.required else (col.is_null() | test)
         tests.append(test.fill_null(False))
-    return pl.all_horizontal(tests) if tests else pl.lit(True)
+    return (pl.all_horizontal(tests) if tests else pl.lit(True)), json_objects
 
 
 class _Validator:
@@ -247,9 +250,10 @@ class _ValidateBatch(beam.DoFn):
         if spec is None or frame.schema.get("id") != pl.String:
             return [], enumerate(frame.to_dicts())
         key = (event_type, tuple(frame.schema.items()))
-        check = self._frame_checks.get(key)
-        if check is None:
-            check = self._frame_checks[key] = compile_frame_check(spec, frame.schema)
+        checks = self._frame_checks.get(key)
+        if checks is None:
+            checks = self._frame_checks[key] = compile_frame_check(spec, frame.schema)
+        check, json_objects = checks
         columns = sorted({*frame.columns, "event_type"})
         # canonical JSON, the bytes codec.dumps writes for the same row (sorted keys)
         # (encoded once: an eager select evaluates an expression used twice twice)
@@ -257,6 +261,10 @@ class _ValidateBatch(beam.DoFn):
             ok=check, id=pl.col("id"),
             payload=pl.struct(columns).struct.json_encode().cast(pl.Binary))
         ok = out["ok"] & (out["payload"].bin.size() <= MAX_PAYLOAD_BYTES)
+        for name in json_objects:  # nulls: the expression has the field's null rule
+            values = frame[name].to_list()
+            ok &= pl.Series([v is None or _is_json_object(v) for v in values],
+                            dtype=pl.Boolean)
         rows = range(first_row, first_row + frame.height)
         entries = zip(rows, repeat(event_type), out["id"].to_list(), out["payload"].to_list())
         if ok.all():
