@@ -16,7 +16,12 @@ On your own export, locally or on Dataflow (see README "Run on Dataflow"):
 """
 from __future__ import annotations
 
-import contextlib
+import gc
+
+if __name__ == "__main__":  # the command: Beam's imports without collections (see main)
+    gc.disable()
+
+import contextlib  # noqa: E402
 import functools
 import logging
 import os
@@ -287,6 +292,11 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def main() -> None:
+    # Importing Beam makes ~150k long-lived objects and little garbage: with the
+    # collector off meanwhile and those objects frozen (never walked again), start-up
+    # spends ~0.01 s instead of ~0.28 s in collections, before any worker starts.
+    gc.freeze()
+    gc.enable()
     code = run(sys.argv[1:])
     # Everything is written, closed and printed: skip the interpreter's teardown of
     # Beam's modules and objects, ~0.4 s of a 12 s run at 500k events.

@@ -8,11 +8,15 @@ follows is the interpreter tearing down Beam's modules, gRPC and the pipeline's 
 ~0.45 s per worker at 500k events, paid once per worker in a row on the critical path.
 
 This entry point runs the same harness (same environment variables, same code), flushes
-stdout/stderr, and exits with the same exit code without that teardown.
+stdout/stderr, and exits with the same exit code without that teardown. It also imports
+Beam with the garbage collector off and then freezes what the import made (~150k
+long-lived objects, no garbage to speak of): the collector no longer walks them again
+and again, 0.34 -> 0.1 s of collections per worker at 500k events.
 ``pipelines.currents_to_partners.local_runner`` starts the local workers with it.
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import traceback
@@ -23,7 +27,10 @@ COMMAND = f"{sys.executable} -m pipelines.local_worker"
 def main() -> None:
     code = 0
     try:
+        gc.disable()  # see the module's docstring
         from apache_beam.runners.worker import sdk_worker_main
+        gc.freeze()
+        gc.enable()
         sdk_worker_main.main(sys.argv)
     except SystemExit as exc:  # keep what an exit would have printed and returned
         if exc.code is not None and not isinstance(exc.code, int):

@@ -269,6 +269,8 @@ def test_the_command_exits_with_the_run_s_code_and_prints_everything(tmp_path):
 
 def test_local_worker_processes_run_beams_harness_from_our_entry_point():
     """Local workers start from pipelines.local_worker (it exits without teardown)."""
+    import gc
+
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.testing.util import assert_that, equal_to
@@ -279,8 +281,10 @@ def test_local_worker_processes_run_beams_harness_from_our_entry_point():
                                "--direct_running_mode=multi_processing"])
     with beam.Pipeline(runner=local_runner(options), options=options) as p:
         mains = (p | beam.Create(range(4))
-                 | beam.Map(lambda _: sys.modules["__main__"].__spec__.name))
-        assert_that(mains, equal_to(["pipelines.local_worker"] * 4))
+                 | beam.Map(lambda _: (sys.modules["__main__"].__spec__.name,
+                                       gc.isenabled(), gc.get_freeze_count() > 0)))
+        # ... with Beam's objects frozen, and the collector back on for the work
+        assert_that(mains, equal_to([("pipelines.local_worker", True, True)] * 4))
 
 
 def test_the_local_worker_entry_point_keeps_the_harness_exit_code_and_traceback():
@@ -291,3 +295,18 @@ def test_the_local_worker_entry_point_keeps_the_harness_exit_code_and_traceback(
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 1
     assert "KeyError: 'CONTROL_API_SERVICE_DESCRIPTOR'" in done.stderr
+
+
+def test_the_command_runs_with_the_collector_on_and_its_imports_frozen():
+    """The command imports Beam with the collector off: run() must find it back on."""
+    code = "\n".join([
+        "import gc, runpy, sys", "import pipelines.options as o",
+        "def parse(argv):",
+        "    print('collector', gc.isenabled(), gc.get_freeze_count() > 10000)",
+        "    raise ValueError('stop here')",
+        "o.parse = parse", "sys.argv = ['currents']",
+        "runpy.run_module('pipelines.currents_to_partners', run_name='__main__')"])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert done.returncode == 2 and "error: stop here" in done.stderr
+    assert done.stdout.strip() == "collector True True"
