@@ -1,5 +1,6 @@
 """The whole pipeline and its command line, on the bundled sample and on small exports."""
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -289,7 +290,7 @@ def test_local_worker_processes_run_beams_harness_from_our_entry_point():
 
 def test_the_local_worker_entry_point_keeps_the_harness_exit_code_and_traceback():
     """Without a runner to talk to, Beam's harness fails: the code and reason survive."""
-    env = {k: v for k, v in __import__("os").environ.items()
+    env = {k: v for k, v in os.environ.items()
            if k != "CONTROL_API_SERVICE_DESCRIPTOR"}
     done = subprocess.run([sys.executable, "-m", "pipelines.local_worker"], env=env,
                           capture_output=True, text=True, timeout=120, cwd=REPO)
@@ -298,15 +299,18 @@ def test_the_local_worker_entry_point_keeps_the_harness_exit_code_and_traceback(
 
 
 def test_the_command_runs_with_the_collector_on_and_its_imports_frozen():
-    """The command imports Beam with the collector off: run() must find it back on."""
+    """The command imports Beam with the collector off: run() must find it back on.
+    It also keeps numpy's BLAS to one thread (the workers inherit it)."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
     code = "\n".join([
         "import gc, runpy, sys", "import pipelines.options as o",
         "def parse(argv):",
         "    print('collector', gc.isenabled(), gc.get_freeze_count() > 10000)",
+        "    print('openblas threads', __import__('os').environ['OPENBLAS_NUM_THREADS'])",
         "    raise ValueError('stop here')",
         "o.parse = parse", "sys.argv = ['currents']",
         "runpy.run_module('pipelines.currents_to_partners', run_name='__main__')"])
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, cwd=REPO)
+                          timeout=120, cwd=REPO, env=env)
     assert done.returncode == 2 and "error: stop here" in done.stderr
-    assert done.stdout.strip() == "collector True True"
+    assert done.stdout.split("\n")[:2] == ["collector True True", "openblas threads 1"]
