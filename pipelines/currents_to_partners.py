@@ -180,7 +180,7 @@ def local_runner(options: PipelineOptions) -> Any:
     class LocalRunner(fn_runner.FnApiRunner):
         def run_via_runner_api(self, pipeline_proto, options):
             # Beam's worker command (multi_processing) -> ours; any other environment
-            # (a user's own command, in-process workers) is left as it is.
+            # (in-process or threaded workers) is left as it is.
             for env in pipeline_proto.components.environments.values():
                 if (env.urn == python_urns.SUBPROCESS_SDK
                         and env.payload == beams_command.encode()):
