@@ -18,8 +18,9 @@ import apache_beam as beam
 
 from transforms import codec
 from transforms.gcpause import paused_gc
-from transforms.identities import CHUNK
-from transforms.partners import PARTNERS, compile_partners, load_mapping
+from transforms.identities import CHUNK, eligibility_stats
+from transforms.partners import (PARTNERS, compile_partners, delivery_stats, load_mapping,
+                                skipped_lines)
 from transforms.types import STATS, ShardLines
 
 
@@ -51,7 +52,7 @@ class _FormatAll(beam.DoFn):
         shard, lines = element
         partners, loads = self._partners, codec.loads
         not_eligible: Counter = Counter()  # (partner, reason)
-        skipped_by: Counter = Counter()    # (partner, reason)
+        skipped_by = {p: Counter() for p in partners}  # partner -> reason -> events
         written = Counter()
         builders = self._builders
         for payloads, skipped in self._outputs:  # a failed element's leftovers
@@ -71,27 +72,15 @@ class _FormatAll(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(partner, (shard, payloads[:]))
                 payloads.clear()
                 if skipped:
-                    for _, _, reason in skipped:
-                        skipped_by[partner, reason] += 1
-                    yield beam.pvalue.TaggedOutput(skipped_tag(partner), (shard, [
-                        codec.dumps({"event_type": t, "id": i, "reason": r})
-                        for t, i, r in skipped]))
+                    skipped_by[partner].update(reason for _, _, reason in skipped)
+                    yield beam.pvalue.TaggedOutput(skipped_tag(partner),
+                                                   (shard, skipped_lines(skipped)))
                     skipped.clear()
-        yield beam.pvalue.TaggedOutput(STATS, _stats(partners, len(lines), not_eligible,
-                                                     skipped_by, written))
-
-
-def _stats(partners, n: int, not_eligible: Counter, skipped_by: Counter,
-           written: Counter) -> dict[str, int]:
-    """The counters ResolveIdentities and FormatForPartner would give."""
-    stats = {f"partners/{p}/not_eligible/{reason}": k
-             for (p, reason), k in not_eligible.items()}
-    stats.update({f"partners/{p}/skipped/{reason}": k for (p, reason), k in skipped_by.items()})
-    for p in partners:
-        stats[f"partners/{p}/eligible"] = n - sum(
-            k for (q, _), k in not_eligible.items() if q == p)
-        stats[f"partners/{p}/written"] = written[p]
-    return stats
+        # the counters ResolveIdentities and FormatForPartner would give
+        stats = eligibility_stats(partners, len(lines), not_eligible)
+        for p in partners:
+            stats.update(delivery_stats(p, written[p], skipped_by[p]))
+        yield beam.pvalue.TaggedOutput(STATS, stats)
 
 
 @beam.typehints.with_input_types(ShardLines)

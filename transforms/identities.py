@@ -89,12 +89,20 @@ class _Resolve(beam.DoFn):
                             not_eligible[partner, identity] += 1
                     out.append((record, identities))
                 yield shard, out
-        stats = {f"partners/{p}/not_eligible/{reason}": n
-                 for (p, reason), n in not_eligible.items()}
-        for p in self._partners:
-            stats[f"partners/{p}/eligible"] = len(lines) - sum(
-                n for (q, _), n in not_eligible.items() if q == p)
-        yield beam.pvalue.TaggedOutput(STATS, stats)
+        yield beam.pvalue.TaggedOutput(STATS, eligibility_stats(
+            self._partners, len(lines), not_eligible))
+
+
+def eligibility_stats(partners: tuple[str, ...], events: int,
+                      not_eligible: Counter) -> dict[str, int]:
+    """``partners/<p>/eligible`` and ``partners/<p>/not_eligible/<reason>`` for
+    ``events`` events, of which ``not_eligible[partner, reason]`` were refused."""
+    stats = {f"partners/{p}/not_eligible/{reason}": n
+             for (p, reason), n in not_eligible.items()}
+    for p in partners:
+        stats[f"partners/{p}/eligible"] = events - sum(
+            n for (q, _), n in not_eligible.items() if q == p)
+    return stats
 
 
 @beam.typehints.with_input_types(ShardLines)

@@ -62,8 +62,9 @@ def _mapping_code(spec: dict, bag_path: str, config: dict, name_prefix: dict,
     destination key, and its required keys as (container variable, key, path).
 
     ``value_of(field)``: the expression of a Currents field's value; ``identity_of(key)``:
-    of the identity's ``key`` (see ``identities.IDENTITY_RULES``); ``has_extra``: an expression, true when the record has
-    fields the mapping does not know (``known``: the name of their set).
+    of the identity's ``key`` (see ``identities.IDENTITY_RULES``); ``has_extra``: an
+    expression, true when the record has fields the mapping does not know (``known``:
+    the name of their set).
     """
     code = ["c0 = {}"]
     containers = {"": "c0"}
@@ -263,14 +264,23 @@ class _Format(beam.DoFn):
                 else:
                     skipped.append((record.get("event_type"), record.get("id"), reason))
             yield shard, lines
-        stats: Counter = Counter()
-        for _, _, reason in skipped:
-            stats[f"partners/{partner}/skipped/{reason}"] += 1
-        stats[f"partners/{partner}/written"] += len(lines)
         if skipped:
-            yield beam.pvalue.TaggedOutput(SKIPPED, (shard, [
-                codec.dumps({"event_type": t, "id": i, "reason": r}) for t, i, r in skipped]))
-        yield beam.pvalue.TaggedOutput(STATS, dict(stats))
+            yield beam.pvalue.TaggedOutput(SKIPPED, (shard, skipped_lines(skipped)))
+        yield beam.pvalue.TaggedOutput(STATS, delivery_stats(
+            partner, len(lines), Counter(reason for _, _, reason in skipped)))
+
+
+def skipped_lines(skipped: list[tuple[str, str, str]]) -> list[bytes]:
+    """``(event_type, id, reason)`` of events not sent -> the ``_skipped`` JSON lines."""
+    return [codec.dumps({"event_type": t, "id": i, "reason": r}) for t, i, r in skipped]
+
+
+def delivery_stats(partner: str, written: int, skipped: Counter) -> dict[str, int]:
+    """``partners/<p>/written`` and ``partners/<p>/skipped/<reason>`` (``skipped``:
+    reason -> events)."""
+    stats = {f"partners/{partner}/skipped/{reason}": n for reason, n in skipped.items()}
+    stats[f"partners/{partner}/written"] = written
+    return stats
 
 
 @beam.typehints.with_input_types(IdentifiedBatch)
