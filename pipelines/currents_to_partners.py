@@ -34,13 +34,15 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
+from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions,
+                                                  PipelineOptions,
                                                   PortableOptions, StandardOptions,
                                                   TestOptions)
 from pydantic import ValidationError
 
 from pipelines.gcs import emulator_args
 from pipelines.options import RunConfig, parse
+from pipelines.worker_template import WorkerTemplate
 from transforms import (DeduplicateEvents, FormatForPartners, ReadCurrentsExport,
                         ValidateEvents)
 from transforms.fanout import skipped_tag
@@ -157,13 +159,22 @@ def local_parallelism(beam_args: list[str], avro_bytes: int) -> list[str]:
             "--direct_running_mode=multi_processing"]
 
 
-def local_runner(options: PipelineOptions) -> Any:
+def forks_workers(options: PipelineOptions) -> bool:
+    """Whether ``local_runner`` runs this job with local worker processes, which it can
+    fork from a template."""
+    return (options.view_as(StandardOptions).runner is None
+            and options.view_as(DirectOptions).direct_running_mode == "multi_processing")
+
+
+def local_runner(options: PipelineOptions, template: Any = None) -> Any:
     """The runner for a run that chose none: Beam's Python FnApiRunner, set up as the
     DirectRunner sets it up (it runs the local worker processes). The DirectRunner itself
     would first try Prism, which downloads a Go binary from GitHub on every run: a hang
     behind a firewall, and a different runner from the one tested and measured here.
-    Its local worker processes start from ``pipelines.local_worker`` (Beam's harness,
-    then an exit without interpreter teardown).
+    Its local worker processes are forked from ``template`` (a started
+    ``worker_template.WorkerTemplate``) if given, else start from
+    ``pipelines.local_worker``; both run Beam's harness, then exit without interpreter
+    teardown (see ``pipelines.local_worker``).
     None when a runner was chosen (``--runner=PrismRunner`` for Prism)."""
     if options.view_as(StandardOptions).runner is not None:
         return None
@@ -177,14 +188,19 @@ def local_runner(options: PipelineOptions) -> Any:
     # The payload of Beam's subprocess environment is its command line, as bytes
     beams_command = f"{sys.executable} -m apache_beam.runners.worker.sdk_worker_main"
 
+    if template is not None:
+        local_worker.use_template(template)
+
     class LocalRunner(fn_runner.FnApiRunner):
         def run_via_runner_api(self, pipeline_proto, options):
-            # Beam's worker command (multi_processing) -> ours; any other environment
-            # (in-process or threaded workers) is left as it is.
+            # Beam's worker command (multi_processing) -> our forked or started workers;
+            # any other environment (in-process or threaded workers) is left as it is.
             for env in pipeline_proto.components.environments.values():
                 if (env.urn == python_urns.SUBPROCESS_SDK
                         and env.payload == beams_command.encode()):
                     env.payload = local_worker.COMMAND.encode()
+                    if template is not None:
+                        env.urn = local_worker.FORKED_URN
             return super().run_via_runner_api(pipeline_proto, options)
 
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
@@ -229,8 +245,19 @@ def read_summary(output: str) -> dict:
         return json.loads(fo.read())
 
 
-def run(argv: list[str] | None = None) -> int:
-    """Parse options, run the pipeline, print the summary; returns the exit code."""
+def run(argv: list[str] | None = None, template: Any = None) -> int:
+    """Parse options, run the pipeline, print the summary; returns the exit code.
+
+    ``template``: a started ``worker_template.WorkerTemplate`` to fork local workers
+    from, if the run has local workers; ended (and reaped) before this returns."""
+    try:
+        return _run(argv, template)
+    finally:
+        if template is not None:
+            template.close()
+
+
+def _run(argv: list[str] | None, template: Any) -> int:
     try:
         cfg, beam_args = parse(argv)
     except ValidationError as exc:
@@ -257,19 +284,25 @@ def run(argv: list[str] | None = None) -> int:
 
     print(f"Reading {files} files ({size / 2**20:.1f} MiB) under {cfg.input}\n"
           f"Writing {cfg.output} ({cfg.shards} shards)", flush=True)
+    started = time.monotonic()
+    options = PipelineOptions(beam_args, save_main_session=False)
+    if template is not None and not forks_workers(options):
+        template.kill()  # no use for it
+        template = None
+    if forks_workers(options):
+        print(f"Using {options.view_as(DirectOptions).direct_num_workers} local worker "
+              "processes, " + ("forked from this one" if template is not None else
+                               "each a new interpreter")
+              + " (--direct_num_workers=1 for one process)", flush=True)
     if f"--direct_num_workers={LOCAL_WORKERS}" in beam_args[-2:]:
-        print(f"Using {LOCAL_WORKERS} local worker processes "
-              "(--direct_num_workers=1 for one process)", flush=True)
         local_worker_env(os.environ)
     if not os.environ.get("CURRENTS_DEBUG"):  # workers' start-up warnings, relayed
         logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(
             logging.ERROR)
-    started = time.monotonic()
-    options = PipelineOptions(beam_args, save_main_session=False)
     try:
         spill = (tempfile.TemporaryDirectory(prefix="currents-shuffle-")
                  if runs_locally(options) else contextlib.nullcontext())
-        with spill as spill_dir, beam.Pipeline(runner=local_runner(options),
+        with spill as spill_dir, beam.Pipeline(runner=local_runner(options, template),
                                                 options=options) as p:
             build(p, cfg, temp_dir, spill_dir)
         if _job_not_run_here(options):
@@ -298,7 +331,11 @@ def main() -> None:
     # spends ~0.01 s instead of ~0.28 s in collections, before any worker starts.
     gc.freeze()
     gc.enable()
-    code = run(sys.argv[1:])
+    # Local workers are forked from a copy of this process made now, its imports done and
+    # nothing else (see pipelines.worker_template); CURRENTS_FORK_WORKERS=0 starts them.
+    template = (WorkerTemplate.start() if os.environ.get("CURRENTS_FORK_WORKERS") != "0"
+                else None)
+    code = run(sys.argv[1:], template)
     # Everything is written, closed and printed: skip the interpreter's teardown of
     # Beam's modules and objects, ~0.4 s of a 12 s run at 500k events.
     sys.stdout.flush()
