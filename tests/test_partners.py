@@ -232,4 +232,12 @@ def test_iso8601_is_utc_to_the_second(seconds):
 
     from transforms.partners import _iso8601
     expected = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    assert _iso8601(seconds) == _iso8601(seconds) == expected
+    assert _iso8601(seconds) == _iso8601(seconds) == expected  # computed, then remembered
+
+
+def test_iso8601_forgets_past_its_bound(monkeypatch):
+    import transforms.partners as partners
+    monkeypatch.setattr(partners, "_ISO_MAX", 3)
+    partners._ISO.clear()
+    assert [partners._iso8601(s) for s in (0, 1, 2, 3)][3] == "1970-01-01T00:00:03Z"
+    assert list(partners._ISO) == [3]

@@ -29,11 +29,22 @@ NO_MAPPING = "no_mapping_for_event_type"
 
 
 def _iso8601(seconds: int) -> str:
-    """Epoch seconds -> ``2026-11-24T08:00:00Z``, the form Segment's API takes."""
-    minute, second = divmod(seconds, 60)
-    return _minute(minute) + _SECONDS[second]
+    """Epoch seconds -> ``2026-11-24T08:00:00Z``, the form Segment's API takes.
+
+    Remembered per second (the builders look ``_ISO`` up inline first, ~50 ns against
+    ~220 ns for this call; an hour of events has 3,600 seconds), forgetting all past
+    ``_ISO_MAX`` (~15 MB)."""
+    text = _ISO.get(seconds)
+    if text is None:
+        if len(_ISO) >= _ISO_MAX:
+            _ISO.clear()
+        minute, second = divmod(seconds, 60)
+        text = _ISO[seconds] = _minute(minute) + _SECONDS[second]
+    return text
 
 
+_ISO: dict[int, str] = {}
+_ISO_MAX = 1 << 17
 _SECONDS = [f"{s:02d}Z" for s in range(60)]
 
 
@@ -45,7 +56,7 @@ def _minute(minute: int) -> str:
 
 
 # conversion name -> Python expression over the value `{v}`
-_CONVERT = {"seconds_to_millis": "{v} * 1000", "seconds_to_iso8601": "_iso8601({v})",
+_CONVERT = {"seconds_to_millis": "{v} * 1000", "seconds_to_iso8601": "(ISO({v}) or _iso8601({v}))",
             "not": "not {v}"}
 
 
@@ -156,7 +167,7 @@ def compile_plan(spec: dict, bag_path: str, config: dict,
     code += [f"    if {key!r} not in {var}: return None, {why!r}" for var, key, why in required]
     code.append("    return c0, None")
     namespace = {"K": consts, "KNOWN": _known(spec), "loads": orjson.loads,
-                 "_iso8601": _iso8601}
+                 "_iso8601": _iso8601, "ISO": _ISO.get}
     exec(compile("\n".join(code), f"<mapping {name_prefix}>", "exec"), namespace)
     return namespace["build"]
 
@@ -185,7 +196,7 @@ def compile_partners(event_type: str, partners: tuple[str, ...], mappings: dict[
         return f"(isinstance({value_of(field)}, str) and {value_of(field)} != '')"
 
     namespace: dict[str, Any] = {"K": consts, "loads": orjson.loads, "dumps": orjson.dumps,
-                                 "_iso8601": _iso8601, "ET": event_type}
+                                 "_iso8601": _iso8601, "ISO": _ISO.get, "ET": event_type}
     knowns: dict[frozenset, str] = {}
     body: list[str] = []
     for n, partner in enumerate(partners):
