@@ -41,7 +41,7 @@ from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOpti
 from pydantic import ValidationError
 
 from pipelines.gcs import emulator_args
-from pipelines.options import RunConfig, parse
+from pipelines.options import BeamOptions, RunConfig, parse
 from pipelines.worker_template import WorkerTemplate
 from transforms import (DeduplicateEvents, FormatForPartners, ReadCurrentsExport,
                         ValidateEvents)
@@ -285,7 +285,7 @@ def _run(argv: list[str] | None, template: Any) -> int:
     print(f"Reading {files} files ({size / 2**20:.1f} MiB) under {cfg.input}\n"
           f"Writing {cfg.output} ({cfg.shards} shards)", flush=True)
     started = time.monotonic()
-    options = PipelineOptions(beam_args, save_main_session=False)
+    options = BeamOptions(beam_args, save_main_session=False)
     if template is not None and not forks_workers(options):
         template.kill()  # no use for it
         template = None

@@ -314,3 +314,25 @@ def test_the_command_runs_with_the_collector_on_and_its_imports_frozen():
                           timeout=120, cwd=REPO, env=env)
     assert done.returncode == 2 and "error: stop here" in done.stderr
     assert done.stdout.split("\n")[:2] == ["collector True True", "openblas threads 1"]
+
+
+def test_beam_options_reuse_each_view_and_share_its_values():
+    """BeamOptions makes one view per options class (Beam asks for many): the same
+    values as PipelineOptions' fresh views, writes seen by every view, picklable."""
+    import pickle
+
+    from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions,
+                                                      StandardOptions)
+
+    from pipelines.options import BeamOptions
+    args = ["--direct_num_workers=2", "--runner", "FnApiRunner", "--job_name", "j"]
+    options, plain = BeamOptions(args), PipelineOptions(args)
+    assert options.view_as(StandardOptions) is options.view_as(StandardOptions)
+    assert options.get_all_options() == plain.get_all_options()
+    assert options.view_as(DirectOptions).direct_num_workers == 2
+    options.view_as(StandardOptions).streaming = True
+    assert options.get_all_options()["streaming"] and options.view_as(
+        StandardOptions).streaming
+    copy = pickle.loads(pickle.dumps(options))
+    assert copy.get_all_options() == options.get_all_options()
+    assert "_views" not in pickle.loads(pickle.dumps(options)).__dict__
