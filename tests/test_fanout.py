@@ -83,3 +83,28 @@ def test_same_outputs_and_counters_as_event_by_event():
 def test_rejects_bad_arguments(args):
     with pytest.raises(ValueError):
         FormatForPartners(*args)
+
+
+def test_warmed_builders_are_the_ones_a_run_compiles():
+    """warm_builders compiles what compile_partners will ask for with real options: a
+    worker forked after it compiles nothing more for the catalogue's event types."""
+    import builtins
+
+    import transforms.partners as partners
+    partners._CODE.clear()
+    warmed = partners.warm_builders()
+    assert warmed >= 68 and len(partners._CODE) == warmed
+    mappings = {p: partners.load_mapping(p) for p in partners.PARTNERS}
+    config = {"mixpanel_token": "a-token", "mparticle_environment": "development"}
+    compiled = []
+    real_compile = builtins.compile
+    try:
+        builtins.compile = lambda *a, **k: compiled.append(a[1]) or real_compile(*a, **k)
+        for event_type in sorted(mappings["segment"]["events"]):
+            partners.compile_partners(event_type, partners.PARTNERS, mappings, config,
+                                      [([], []) for _ in partners.PARTNERS])
+        partners.compile_partners("users.SomethingNew", partners.PARTNERS, mappings, config,
+                                  [([], []) for _ in partners.PARTNERS])
+    finally:
+        builtins.compile = real_compile
+    assert compiled == ["<partners users.SomethingNew>"]  # only the type nobody warmed

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import time as _time
-from collections import Counter
+from collections import Counter, defaultdict
 from typing import Any, Callable, Iterator
 
 import apache_beam as beam
@@ -226,8 +226,35 @@ def compile_partners(event_type: str, partners: tuple[str, ...], mappings: dict[
         namespace[name] = known
         head.append(f"    x{name[5:]} = not {name}.issuperset(r)")
     code = head + _indented(body, 4)
-    exec(compile("\n".join(code), f"<partners {event_type}>", "exec"), namespace)
+    exec(_compiled("\n".join(code), f"<partners {event_type}>"), namespace)
     return namespace["build"]
+
+
+# Compiled builders by (source, name): the same mapping, event type and partners give the
+# same source, which compiles to the same code. Compiling is most of the cost of making
+# a builder (~70 event types: ~0.2 s per worker); ``warm_builders`` fills it in a process
+# that then forks the workers (pipelines.worker_template).
+_CODE: dict[tuple[str, str], Any] = {}
+
+
+def _compiled(source: str, name: str) -> Any:
+    code = _CODE.get((source, name))
+    if code is None:
+        code = _CODE[source, name] = compile(source, name, "exec")
+    return code
+
+
+def warm_builders(partners: tuple[str, ...] = PARTNERS) -> int:
+    """Compile the builders of every event type the mappings of ``partners`` know, as
+    ``compile_partners`` will ask for them (option values do not appear in the source:
+    they are constants); returns how many."""
+    mappings = {p: load_mapping(p) for p in partners}
+    config: dict = defaultdict(str)  # any run option, as a string (as they all are)
+    outputs: list[tuple[list, list]] = [([], []) for _ in partners]
+    event_types = sorted({t for m in mappings.values() for t in m["events"]})
+    for event_type in event_types:
+        compile_partners(event_type, partners, mappings, config, outputs)
+    return len(event_types)
 
 
 class PartnerFormatter:
