@@ -183,12 +183,18 @@ def test_max_invalid_ratio_fails_after_writing_everything(tmp_path, capsys):
 
 
 def test_shards_and_local_workers_follow_the_input_size():
-    from pipelines.currents_to_partners import (MIN_SHARDS, PARALLEL_BYTES, SHARD_BYTES,
-                                                auto_shards, local_parallelism)
+    from pipelines.currents_to_partners import (FORKED_PARALLEL_BYTES, MIN_SHARDS,
+                                                PARALLEL_BYTES, SHARD_BYTES, auto_shards,
+                                                local_parallelism)
     assert auto_shards(0) == MIN_SHARDS
     assert auto_shards(100 * SHARD_BYTES) == 100
     assert auto_shards(100 * SHARD_BYTES + 1) == 101
     assert local_parallelism([], PARALLEL_BYTES - 1) == []  # small: one process
+    # forked workers cost less: smaller exports get them
+    assert FORKED_PARALLEL_BYTES < PARALLEL_BYTES
+    assert local_parallelism([], FORKED_PARALLEL_BYTES - 1, forked=True) == []
+    assert local_parallelism([], FORKED_PARALLEL_BYTES, forked=True) == local_parallelism(
+        [], PARALLEL_BYTES)
     assert local_parallelism([], PARALLEL_BYTES) == [
         "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
     for chosen in (["--direct_num_workers=1"], ["--direct_running_mode", "in_memory"],
