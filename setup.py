@@ -46,5 +46,5 @@ setup(
         "bench": ["psutil>=5.9"],
     },
     entry_points={"console_scripts": [
-        "currents-to-partners=pipelines.currents_to_partners:main"]},
+        "currents-to-partners=pipelines.cli:main"]},
 )

@@ -37,6 +37,12 @@ from typing import Any
 PRELOAD = ("apache_beam.runners.worker.sdk_worker_main", "pipelines.currents_to_partners",
            "pipelines.local_worker")
 
+# Threads other than the forking one that a fork may leave behind: jemalloc's purging
+# thread (pyarrow's allocator, imported with Beam); jemalloc holds its own locks across
+# fork() (pthread_atfork), so a child's allocator is consistent. Any other thread (a
+# Python thread, numpy's BLAS pool, gRPC's) might hold a lock the child would wait on.
+_FORK_SAFE_THREADS = frozenset({"jemalloc_bg_thd"})
+
 _INT = struct.Struct("i")
 _MAX_MESSAGE = 1 << 20
 
@@ -52,9 +58,9 @@ class WorkerTemplate:
 
     @classmethod
     def start(cls) -> "WorkerTemplate | None":
-        """Fork the template, or None where it cannot be (not Linux, or this process
-        runs Python threads, which a fork would not copy)."""
-        if sys.platform != "linux" or threading.active_count() != 1:
+        """Fork the template, or None where it cannot be safely: not Linux, or this
+        process runs threads a fork could leave holding a lock (see ``fork_safe``)."""
+        if sys.platform != "linux" or not fork_safe():
             return None
         sys.stdout.flush()
         sys.stderr.flush()
@@ -86,7 +92,8 @@ class WorkerTemplate:
         pid = _read_int(status)
         if pid is None:
             status.close()
-            raise RuntimeError("the worker template exited before forking a worker")
+            raise RuntimeError("the worker template forked no worker (it has exited, or "
+                               "it cannot fork safely)")
         return ForkedWorker(pid, status)
 
     def close(self) -> None:
@@ -140,6 +147,24 @@ class ForkedWorker:
                 pass
 
 
+def fork_safe() -> bool:
+    """True when the calling thread is this process's only thread, but for threads known
+    to survive a fork (``_FORK_SAFE_THREADS``)."""
+    if threading.active_count() != 1:
+        return False
+    me = str(threading.get_native_id())
+    for tid in os.listdir("/proc/self/task"):
+        if tid != me:
+            try:
+                with open(f"/proc/self/task/{tid}/comm") as fo:
+                    name = fo.read().strip()
+            except OSError:  # it has just ended
+                continue
+            if name not in _FORK_SAFE_THREADS:
+                return False
+    return True
+
+
 def _read_int(sock: socket.socket) -> int | None:
     data = b""
     while len(data) < _INT.size:
@@ -163,6 +188,7 @@ def _serve(sock: socket.socket) -> None:
     warm_builders()  # what each worker's partner step would compile (~0.2 s)
     gc.freeze()
     gc.enable()
+    safe = fork_safe()  # else each request is refused: the worker is started instead
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
@@ -179,6 +205,9 @@ def _serve(sock: socket.socket) -> None:
                 if not message:  # the command closed its end: its run is over
                     break
                 status = socket.socket(fileno=fds[0])
+                if not safe:
+                    status.close()
+                    continue
                 pid = os.fork()
                 if pid == 0:  # the worker: never leaves this block
                     try:

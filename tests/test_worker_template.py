@@ -47,7 +47,9 @@ PIPELINE = """
 
 
 def _script(code: str, timeout: int = 180) -> subprocess.CompletedProcess:
-    env = dict(os.environ, NO_GCE_CHECK="True", PYTHONPATH=str(REPO))
+    # numpy's BLAS thread pool (numpy comes with Beam) would make forking unsafe: the
+    # command sets this before importing Beam (see test_forking_needs_a_thread_safe_process)
+    env = dict(os.environ, NO_GCE_CHECK="True", PYTHONPATH=str(REPO), OPENBLAS_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -143,3 +145,36 @@ def test_the_command_forks_its_workers_and_leaves_no_process_behind(tmp_path):
                 assert shard.read_bytes() == (out["forked"] / folder / shard.name).read_bytes()
     summaries = [json.loads((out[n] / "summary.json").read_text()) for n in out]
     assert summaries[0]["rows_read"] == summaries[1]["rows_read"] > 0
+
+
+def test_forking_needs_a_thread_safe_process():
+    """No template from a process running threads a fork could leave holding a lock: a
+    Python thread, numpy's BLAS pool; jemalloc's purging thread (pyarrow) is fine."""
+    done = _script("""
+        import os, threading
+        os.environ.pop("OPENBLAS_NUM_THREADS")
+        import apache_beam  # numpy's BLAS threads start
+        from pipelines.worker_template import WorkerTemplate, fork_safe
+        print("blas", fork_safe(), WorkerTemplate.start())
+    """, timeout=60)
+    assert done.stdout.splitlines() == ["blas False None"], done.stderr[-2000:]
+    done = _script("""
+        import threading, time
+        import apache_beam
+        from pipelines.worker_template import WorkerTemplate, fork_safe
+        names = sorted({open(f"/proc/self/task/{t}/comm").read().strip()
+                        for t in __import__("os").listdir("/proc/self/task")})
+        print("beam", fork_safe(), names)
+        stop = threading.Event()
+        thread = threading.Thread(target=stop.wait)
+        thread.start()
+        print("thread", fork_safe(), WorkerTemplate.start())
+        stop.set()
+        thread.join()
+        template = WorkerTemplate.start()
+        print("alone again", template is not None)
+        template.close()
+    """, timeout=60)
+    assert done.stdout.splitlines() == [
+        "beam True ['jemalloc_bg_thd', 'python']", "thread False None", "alone again True"], (
+        done.stdout + done.stderr[-2000:])
