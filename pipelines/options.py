@@ -24,9 +24,10 @@ class BeamOptions(PipelineOptions):
     """Beam's options, with each view (``view_as(SomeOptions)``) made once and reused.
 
     Beam asks for a view for every transform applied and again while running the job,
-    and each new view builds an argparse parser of every registered option (~2 ms):
-    ~0.2 s of the command's start-up, before any worker starts. A view keeps no value of
-    its own (values live in the dict all views share), so reusing one changes nothing."""
+    and each new view builds an argparse parser of every registered option: ~0.1 s of
+    the command's start-up at 500k events (to the first bundle: 0.38 -> 0.26-0.29 s),
+    before any worker starts. A view keeps no value of its own (values live in the dict
+    all views share), so reusing one changes nothing."""
 
     def view_as(self, cls):
         views = self.__dict__.setdefault("_views", {})
