@@ -19,9 +19,9 @@ from __future__ import annotations
 import gc
 import os
 
-if __name__ == "__main__":  # the command (see main): Beam's imports without collections,
-    gc.disable()            # and numpy's OpenBLAS without a spinning thread per core (the
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # job never calls it: ~0.1 s CPU)
+if __name__ == "__main__":  # the command: its process settings before Beam's import
+    from pipelines.cli import before_beam_import
+    before_beam_import()
 
 import contextlib  # noqa: E402
 import functools
@@ -127,8 +127,9 @@ def auto_shards(avro_bytes: int) -> int:
 
 # Local runs of exports at least this big use both cores: worker processes started as
 # new interpreters cost ~2 s of CPU and ~250 MB each, not worth it for a small export;
-# forked from the command's template (see pipelines.worker_template) they cost ~0.2 s,
-# and 25k events (2.2 MiB) already ran in 2.1-2.3 s instead of 2.6-3.0 s in one process.
+# forked from the command's template (see pipelines.worker_template) they are ready in
+# 7-14 ms, and 25k events (2.2 MiB) already ran in 2.1-2.3 s instead of 2.6-3.0 s in one
+# process (for ~0.5 s more CPU).
 PARALLEL_BYTES = 8 * 2**20
 FORKED_PARALLEL_BYTES = 2 * 2**20
 LOCAL_WORKERS = 2
@@ -292,10 +293,11 @@ def _run(argv: list[str] | None, template: Any) -> int:
           f"Writing {cfg.output} ({cfg.shards} shards)", flush=True)
     started = time.monotonic()
     options = BeamOptions(beam_args, save_main_session=False)
-    if template is not None and not forks_workers(options):
+    forks = forks_workers(options)
+    if template is not None and not forks:
         template.kill()  # no use for it
         template = None
-    if forks_workers(options):
+    if forks:
         print(f"Using {options.view_as(DirectOptions).direct_num_workers} local worker "
               "processes, " + ("forked from this one" if template is not None else
                                "each a new interpreter")

@@ -56,7 +56,8 @@ def _minute(minute: int) -> str:
 
 
 # conversion name -> Python expression over the value `{v}`
-_CONVERT = {"seconds_to_millis": "{v} * 1000", "seconds_to_iso8601": "(ISO({v}) or _iso8601({v}))",
+_CONVERT = {"seconds_to_millis": "{v} * 1000",
+            "seconds_to_iso8601": "(ISO({v}) or _iso8601({v}))",
             "not": "not {v}"}
 
 
