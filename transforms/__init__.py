@@ -15,7 +15,7 @@ from transforms.batches import ParseEvents, ToRowBatches
 from transforms.dedup import DeduplicateEvents
 from transforms.fanout import FormatForPartners
 from transforms.identities import ResolveIdentities, resolve_identity
-from transforms.partners import FormatForPartner, PartnerFormatter
+from transforms.partners import FormatForPartner, PartnerFormatter, explain_mapping
 from transforms.read import ReadCurrentsExport
 from transforms.sinks import WriteShards
 from transforms.validate import ValidateEvents
@@ -23,5 +23,5 @@ from transforms.validate import ValidateEvents
 __all__ = [
     "ReadCurrentsExport", "ValidateEvents", "DeduplicateEvents", "ResolveIdentities",
     "FormatForPartner", "FormatForPartners", "ParseEvents", "ToRowBatches", "WriteShards",
-    "resolve_identity", "PartnerFormatter",
+    "resolve_identity", "PartnerFormatter", "explain_mapping",
 ]

@@ -7,7 +7,7 @@ partner rules come from seeds 001/003/004:
 - Amplitude: ``user_id`` = external_id; anonymous users only when ``device_id`` is set.
 - Mixpanel: ``distinct_id`` = external_id; events without one are not sent.
 - mParticle: ``user_identities.customerid`` = external_id; required.
-- Segment: ``anonymousId`` = braze_id, ``userId`` = external_id when present.
+- Segment: ``anonymousId`` = braze_id, ``userId`` = external_id, either one enough.
 """
 from __future__ import annotations
 
@@ -51,8 +51,9 @@ IDENTITY_RULES: dict[str, IdentityRule] = {
                              "no_external_id"),
     "mparticle": IdentityRule({"customerid": "external_user_id"}, ("external_user_id",),
                               "no_external_id"),
+    # Segment takes a track call with userId or anonymousId (either is enough)
     "segment": IdentityRule({"anonymousId": "user_id", "userId": "external_user_id"},
-                            ("user_id",), "no_braze_id"),
+                            ("user_id", "external_user_id"), "no_braze_id_or_external_id"),
 }
 
 
