@@ -31,10 +31,10 @@ def _to_batches(element: Tuple[str, Iterable[Dict[str, Any]]], source: str,
     for row in rows:
         batch.append(row)
         if len(batch) >= batch_size:
-            yield (event_type, source, first, batch, None)
+            yield (event_type, source, first, batch, None, None)
             first, batch = first + len(batch), []
     if batch:
-        yield (event_type, source, first, batch, None)
+        yield (event_type, source, first, batch, None, None)
 
 
 @beam.typehints.with_input_types(Dict[str, Any])

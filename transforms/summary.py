@@ -63,6 +63,9 @@ def build_summary(stats: dict, partners: Iterable[str] = (), **extra: Any) -> di
         "files": {"read": stats.get("files_read", 0),
                   "with_errors": sum(_group(stats, "file_errors/").values()),
                   "error_reasons": _group(stats, "file_errors/")},
+        "warnings": [{"event_type": key.rsplit("/", 1)[0], "field": key.rsplit("/", 1)[1],
+                      "reason": "null_allowed_by_writer_schema", "count": n}
+                     for key, n in _group(stats, "warnings/").items()],
         "partners": {},
     }
     for partner in partners:
@@ -75,6 +78,8 @@ def build_summary(stats: dict, partners: Iterable[str] = (), **extra: Any) -> di
             "written": stats.get(f"partners/{partner}/written", 0),
             "skipped": sum(skipped.values()),
             "skipped_reasons": skipped,
+            "property_collisions": stats.get(f"partners/{partner}/property_collisions", 0),
+            "new_fields_held_back": _group(stats, f"partners/{partner}/new_fields_held_back/"),
         }
     summary.update(extra)
     return summary
@@ -99,10 +104,17 @@ def render_table(summary: dict) -> str:
         rows.append((f"  dead letter: {reason}", n))
     for etype, n in summary["unknown_event_types"].items():
         rows.append((f"  unknown type: {etype}", n))
+    for warning in summary.get("warnings", []):
+        rows.append((f"  warning: null {warning['event_type'].split('.', 1)[-1]}."
+                     f"{warning['field']}", warning["count"]))
     for partner, p in summary["partners"].items():
         rows.append((f"{partner}: written / skipped", f"{p['written']} / {p['skipped']}"))
         for reason, n in p["skipped_reasons"].items():
             rows.append((f"  {partner} skipped: {reason}", n))
+        if p.get("property_collisions"):
+            rows.append((f"  {partner} property collisions", p["property_collisions"]))
+        for field, n in p.get("new_fields_held_back", {}).items():
+            rows.append((f"  {partner} held back: {field}", n))
     width = max(len(k) for k, _ in rows)
     lines = ["Run summary", "-" * (width + 12)]
     lines += [f"{k.ljust(width)}  {v:>11}" for k, v in rows]

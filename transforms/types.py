@@ -70,12 +70,16 @@ def _estimate(value: Any) -> int:
 coders.registry.register_coder(_BatchHint, BatchCoder)
 
 Record = Dict[str, Any]
-# (event_type, source path, index of the first row in the file, rows, problems)
+# (event_type, source path, index of the first row in the file, rows, problems,
+#  allowed_nulls)
 # problems is None, or {index in rows: (reason, message)} for rows found bad while reading
 # (bytes that are not UTF-8; a path and writer schema naming different event types).
 # rows: a list of dicts, or a polars DataFrame of the same rows (ReadCurrentsExport's
 # as_frames; such a batch has no problems).
-RowBatch = batch_hint(Tuple[str, str, int, Any, Optional[Dict[int, Tuple[str, str]]]])
+# allowed_nulls: None (not from an Avro file: the catalogue decides), or the fields whose
+# nulls the file's writer schema allows (``field[]``: the items of an array field).
+RowBatch = batch_hint(Tuple[str, str, int, Any, Optional[Dict[int, Tuple[str, str]]],
+                            Optional[Tuple[str, ...]]])
 # (source path, [(row index, event_type, event id, canonical JSON of the event)])
 ValidBatch = batch_hint(Tuple[str, List[Tuple[int, str, str, bytes]]])
 # (output shard, [canonical JSON of one event per item]) - one element per shard
