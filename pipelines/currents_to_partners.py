@@ -46,6 +46,7 @@ from pipelines.worker_template import WorkerTemplate
 from transforms import (DeduplicateEvents, FormatForPartners, ReadCurrentsExport,
                         ValidateEvents)
 from transforms.fanout import skipped_tag
+from transforms.mapping import validate_overrides
 from transforms.partners import PARTNERS
 from transforms.read import export_size
 from transforms.sinks import SUMMARY, TEMPORARY, CommitOutputs, ShardRecords, WriteShards
@@ -76,7 +77,7 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
     n = cfg.shards or MIN_SHARDS
     read = p | "ReadCurrentsExport" >> ReadCurrentsExport(
         cfg.input, cfg.batch_size, as_frames=True)
-    checked = read.rows | "ValidateEvents" >> ValidateEvents()
+    checked = read.rows | "ValidateEvents" >> ValidateEvents(strict=cfg.strict)
     unique = checked.valid | "DeduplicateEvents" >> DeduplicateEvents(n, spill_dir)
 
     root = input_root(cfg.input)  # shard by the path within the export, not its location
@@ -96,7 +97,8 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
     stats = [checked.stats, unique.stats, read.files | "FileStats" >> beam.Map(file_stats)]
     if cfg.partners:
         formatted = unique.events | "FormatForPartners" >> FormatForPartners(
-            cfg.partners, cfg.partner_config())
+            cfg.partners, cfg.partner_config(), overrides=cfg.overrides,
+            forward_new_fields=cfg.forward_new_fields)
         stats.append(formatted.stats)
     for partner in cfg.partners:
         written += [
@@ -273,6 +275,12 @@ def _run(argv: list[str] | None, template: Any) -> int:
             + e["msg"].removeprefix("Value error, ") for e in exc.errors()), 2)
     except ValueError as exc:
         return _fail(str(exc), 2)
+    if cfg.explain_mapping:
+        from transforms.partners import explain_mapping
+        print(explain_mapping(cfg.explain_mapping, cfg.partners or PARTNERS,
+                              overrides=cfg.overrides and validate_overrides(cfg.overrides),
+                              forward_new_fields=cfg.forward_new_fields), end="")
+        return 0
     beam_args = emulator_args(beam_args)
     try:
         files, size = export_size(cfg.input)

@@ -54,10 +54,15 @@ class RunConfig(BaseModel):
     max_invalid_ratio: float | None = Field(None, ge=0.0, le=1.0)
     mixpanel_token: SecretStr | None = None
     mparticle_environment: Literal["production", "development"] = "production"
+    mapping_overrides: str | None = None  # path of a --mapping-overrides file
+    overrides: dict | None = None  # its JSON, checked (transforms.mapping)
+    forward_new_fields: bool = False
+    strict: bool = False
+    explain_mapping: str | None = None
 
     @model_validator(mode="after")
     def _partner_settings(self):
-        if "mixpanel" in self.partners and not (
+        if "mixpanel" in self.partners and not self.explain_mapping and not (
                 self.mixpanel_token and self.mixpanel_token.get_secret_value()):
             raise ValueError("Mixpanel needs a project token: pass --mixpanel-token or set "
                              "MIXPANEL_TOKEN (or leave mixpanel out of --partners)")
@@ -67,6 +72,12 @@ class RunConfig(BaseModel):
         """Settings the partner formatters need (the token is revealed only here)."""
         token = self.mixpanel_token.get_secret_value() if self.mixpanel_token else None
         return {"mixpanel_token": token, "mparticle_environment": self.mparticle_environment}
+
+    @model_validator(mode="after")
+    def _overrides(self):
+        if self.mapping_overrides and self.overrides is None:
+            object.__setattr__(self, "overrides", load_overrides(self.mapping_overrides))
+        return self
 
     @field_validator("partners", mode="before")
     @classmethod
@@ -79,6 +90,39 @@ class RunConfig(BaseModel):
                              f"choose from {', '.join(PARTNERS)}")
         return tuple(dict.fromkeys(value))
 
+
+def load_overrides(path: str) -> dict:
+    """The JSON of a ``--mapping-overrides`` file (local or gs://), checked now: a bad key
+    is an error naming it, before any data is read."""
+    import json
+
+    from apache_beam.io.filesystems import FileSystems
+
+    from transforms.mapping import validate_overrides
+    try:
+        with FileSystems.open(path) as fo:
+            text = fo.read().decode("utf-8")
+    except Exception as exc:
+        raise ValueError(f"cannot read --mapping-overrides {path}: {exc}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"--mapping-overrides {path} is not JSON: {exc}") from None
+    validate_overrides(data)
+    return data
+
+
+def _flag(value: str) -> bool:
+    """``--strict``, or ``--strict=true|false`` as Flex Template parameters pass it."""
+    lowered = value.lower()
+    if lowered not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, not {value!r}")
+    return lowered in ("true", "1", "yes")
+
+
+# Options that make the command do something else than run a job: not Flex Template
+# parameters (dataflow/metadata.json).
+LOCAL_ONLY = ("explain_mapping",)
 
 HELP_EPILOG = """\
 Beam options pass through unchanged, for example:
@@ -127,6 +171,24 @@ def parser() -> argparse.ArgumentParser:
                     dest="mparticle_environment",
                     default="production", choices=("production", "development"),
                     help="mParticle environment of each batch (default: production)")
+    ap.add_argument("--mapping-overrides", "--mapping_overrides", dest="mapping_overrides",
+                    default=None,
+                    help="JSON file (local or gs://) merged over the built-in partner "
+                         "mappings: rename an event, add or drop a field, mark a type not "
+                         "sendable (docs/partners.md); checked before any data is read")
+    ap.add_argument("--forward-new-fields", "--forward_new_fields", dest="forward_new_fields",
+                    type=_flag, nargs="?", const=True, default=False,
+                    help="send fields Braze added later (in the records, not in the "
+                         "mappings) to the partners' property bags (default: off; they stay "
+                         "in events/ and are counted in summary.json)")
+    ap.add_argument("--strict", type=_flag, nargs="?", const=True, default=False,
+                    help="dead-letter nulls in fields Braze's docs call required even where "
+                         "the file's writer schema allows them (default: keep such rows, "
+                         "count them under warnings in summary.json)")
+    ap.add_argument("--explain-mapping", "--explain_mapping", dest="explain_mapping",
+                    default=None, metavar="EVENT_TYPE",
+                    help="print the code the partner formatter compiles for EVENT_TYPE "
+                         "(for --partners, with --mapping-overrides) and exit")
     ap.add_argument("--shards", type=int, default=None,
                     help="output files per folder, and dedup parallelism. Default: from "
                          "the input size, one shard per ~1 MB of Avro (~10k events), "

@@ -185,8 +185,6 @@ def _serve(sock: socket.socket) -> None:
     import importlib
     for module in PRELOAD:
         importlib.import_module(module)
-    from transforms.partners import warm_builders
-    warm_builders()  # what each worker's partner step would compile (~0.2 s)
     gc.freeze()
     gc.enable()
     safe = fork_safe()  # else each request is refused: the worker is started instead

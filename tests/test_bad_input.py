@@ -131,8 +131,8 @@ def _(root):
     return _raw(root, CLICK, 51, avro_bytes(schema, rows))
 
 
-_dead("null_required_field", "null_required_field", CLICK, {"user_id": None},
-      nullable=["user_id"])
+_dead("null_required_field", "null_required_field", CLICK, {"time": None},
+      nullable=["time"])
 _dead("empty_id", "empty_id", CLICK, {"id": ""})
 _dead("time_zero", "implausible_time", CLICK, {"time": 0})
 _dead("time_negative", "implausible_time", CLICK, {"time": -1_700_000_000})

@@ -45,6 +45,7 @@ def test_batch_coder_round_trips_and_estimates_without_walking_every_row():
 def test_batch_hints_still_accept_plain_tuples_and_reject_other_types():
     from apache_beam.typehints import Tuple, List, Dict, Any, Optional, typehints
     from transforms.types import RowBatch
-    plain = Tuple[str, str, int, List[Dict[str, Any]], Optional[Dict[int, Tuple[str, str]]]]
+    plain = Tuple[str, str, int, List[Dict[str, Any]], Optional[Dict[int, Tuple[str, str]]],
+                  Optional[Tuple[str, ...]]]
     assert typehints.is_consistent_with(plain, RowBatch)
     assert not typehints.is_consistent_with(str, RowBatch)
