@@ -42,6 +42,7 @@ from pydantic import ValidationError
 
 from pipelines.gcs import emulator_args
 from pipelines.options import BeamOptions, RunConfig, parse
+from pipelines.storage import StorageError, prepare_storage
 from pipelines.worker_template import WorkerTemplate
 from transforms import (DeduplicateEvents, FormatForPartners, ReadCurrentsExport,
                         ValidateEvents)
@@ -274,6 +275,10 @@ def _run(argv: list[str] | None, template: Any) -> int:
     except ValueError as exc:
         return _fail(str(exc), 2)
     beam_args = emulator_args(beam_args)
+    try:
+        prepare_storage([cfg.input], [cfg.output], beam_args)
+    except StorageError as exc:
+        return _fail(str(exc), 2)
     try:
         files, size = export_size(cfg.input)
     except Exception as exc:

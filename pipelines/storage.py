@@ -1,0 +1,183 @@
+"""s3:// and azfs:// paths: Beam's own filesystems, set up and checked before a run.
+
+Beam reads and writes ``s3://`` (``apache-beam[aws]``, boto3) and ``azfs://``
+(``apache-beam[azure]``) through the same ``FileSystems`` calls as local paths and
+gs://, configured by its documented options (``--s3_endpoint_url``,
+``--s3_access_key_id``, ``--s3_secret_access_key``, ``--s3_region_name``,
+``--azure_connection_string``, ``--blob_service_endpoint``, ...) or the clients' standard
+environment (``AWS_*`` variables and profiles, ``AZURE_STORAGE_CONNECTION_STRING``).
+
+Beam's clients retry a failed call with exponential backoff for minutes (a missing AWS
+key is a "server error" to it), so before the first listing each bucket or container is
+asked once, with no retries and short timeouts, whether these credentials may list it:
+a refusal is one clear line (``StorageError``), not minutes of retries. Secrets never
+appear in a message.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import AzureOptions, PipelineOptions, S3Options
+
+# Seconds for the checks: long enough for a slow link, short enough to be "fail fast"
+CONNECT_TIMEOUT = 5
+READ_TIMEOUT = 20
+
+_EXTRAS = {"s3": ("boto3", "aws"), "azfs": ("azure.storage.blob", "azure")}
+
+
+class StorageError(Exception):
+    """A path that cannot be used with these options: the message is the one line shown."""
+
+
+def scheme(path: str) -> str | None:
+    return FileSystems.get_scheme(path)
+
+
+def prepare_storage(inputs: list[str], outputs: list[str], beam_args: list[str]) -> None:
+    """Give Beam's filesystems this run's options, then check every s3:// and azfs://
+    path once (credentials, bucket or container); raises StorageError.
+
+    ``FileSystems`` keeps one set of options per process: set here, before the input is
+    listed (the pipeline sets the same ones again when it is built), so a run never uses
+    the settings of a run before it.
+    """
+    options = PipelineOptions(beam_args)
+    FileSystems.set_options(options)
+    for path, write in [(p, False) for p in inputs] + [(p, True) for p in outputs]:
+        kind = scheme(path)
+        if kind not in _EXTRAS:
+            continue
+        module, extra = _EXTRAS[kind]
+        if importlib.util.find_spec(module.split(".")[0]) is None or (
+                "." in module and importlib.util.find_spec(module) is None):
+            raise StorageError(f"{kind}:// paths need the [{extra}] extra: "
+                               f"pip install 'braze-currents-beam[{extra}]'")
+        if kind == "s3":
+            check_s3(path, options)
+        else:
+            check_azure(path, options, write)
+
+
+def _split(path: str, kind: str) -> tuple[str, str]:
+    rest = path[len(kind) + 3:]
+    bucket, _, key = rest.partition("/")
+    return bucket, key
+
+
+def s3_client(options: PipelineOptions) -> Any:
+    """A boto3 S3 client made from Beam's S3 options as Beam makes its own, but with no
+    retries and short timeouts."""
+    import boto3
+    from botocore.config import Config
+    s3 = options.view_as(S3Options)
+    config = Config(connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
+                    retries={"total_max_attempts": 1, "mode": "standard"})
+    return boto3.session.Session().client(
+        "s3", region_name=s3.s3_region_name, api_version=s3.s3_api_version,
+        use_ssl=not s3.s3_disable_ssl, verify=s3.s3_verify, endpoint_url=s3.s3_endpoint_url,
+        aws_access_key_id=s3.s3_access_key_id, aws_secret_access_key=s3.s3_secret_access_key,
+        aws_session_token=s3.s3_session_token, config=config)
+
+
+def check_s3(path: str, options: PipelineOptions) -> None:
+    """One listing of ``path``'s bucket under its prefix; StorageError if refused."""
+    from botocore import exceptions as bx
+    bucket, key = _split(path, "s3")
+    if not bucket:
+        raise StorageError(f"{path}: no bucket (s3://bucket/prefix)")
+    try:
+        s3_client(options).list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+    except (bx.NoCredentialsError, bx.PartialCredentialsError) as exc:
+        raise StorageError(
+            f"no usable AWS credentials for {path} ({exc}): pass --s3_access_key_id and "
+            "--s3_secret_access_key, or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "or AWS_PROFILE (see docs/storage.md)") from None
+    except bx.ClientError as exc:
+        error = exc.response.get("Error", {})
+        code = error.get("Code") or str(
+            exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?"))
+        message = (error.get("Message") or "").strip().splitlines()
+        detail = f"{code}: {message[0]}" if message else code
+        if code == "NoSuchBucket":
+            raise StorageError(f"cannot use {path}: no such bucket {bucket!r}") from None
+        raise StorageError(f"S3 refused {path} ({detail}); check the credentials "
+                           "(--s3_access_key_id, AWS_* variables or profile), "
+                           "--s3_region_name and the bucket's permissions") from None
+    except bx.BotoCoreError as exc:  # endpoint unreachable, timeouts, bad config
+        raise StorageError(f"cannot reach S3 for {path}: {exc}") from None
+
+
+def azure_client(options: PipelineOptions) -> Any:
+    """A BlobServiceClient from Beam's Azure options, as Beam makes its own (connection
+    string first, then ``AZURE_STORAGE_CONNECTION_STRING``, then endpoint + Azure
+    identity), with no retries and short timeouts; None without any of them."""
+    from azure.storage.blob import BlobServiceClient
+    az = options.view_as(AzureOptions)
+    settings = {"retry_total": 0, "connection_timeout": CONNECT_TIMEOUT,
+                "read_timeout": READ_TIMEOUT}
+    conn = az.azure_connection_string or os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
+    if conn:
+        try:
+            return BlobServiceClient.from_connection_string(conn, **settings)
+        except ValueError:
+            raise StorageError("the Azure connection string is malformed "
+                               "(--azure_connection_string or "
+                               "AZURE_STORAGE_CONNECTION_STRING)") from None
+    if az.blob_service_endpoint:
+        from azure.identity import DefaultAzureCredential
+        credential = DefaultAzureCredential(
+            managed_identity_client_id=az.azure_managed_identity_client_id)
+        return BlobServiceClient(account_url=az.blob_service_endpoint,
+                                 credential=credential, **settings)
+    return None
+
+
+def check_azure(path: str, options: PipelineOptions, write: bool) -> None:
+    """One listing of ``path``'s container under its prefix; StorageError if refused.
+
+    Outputs: the commit renames files, which Beam does on Azure by a server-side copy
+    from ``https://<account>.blob.core.windows.net/...``: see ``AZFS_OUTPUTS``.
+    """
+    from azure.core import exceptions as ax
+    account, rest = _split(path, "azfs")
+    container, _, prefix = rest.partition("/")
+    if not account or not container:
+        raise StorageError(f"{path}: an Azure path is azfs://<account>/<container>/<prefix>")
+    if write and not AZFS_OUTPUTS:
+        raise StorageError(AZFS_OUTPUT_REFUSED)
+    client = azure_client(options)
+    if client is None:
+        raise StorageError(
+            f"no Azure credentials for {path}: pass --azure_connection_string or set "
+            "AZURE_STORAGE_CONNECTION_STRING, or pass --blob_service_endpoint with an "
+            "Azure identity (see docs/storage.md)")
+    if client.account_name and client.account_name != account:
+        raise StorageError(f"{path} names storage account {account!r}, but the "
+                           f"credentials are for {client.account_name!r}")
+    try:
+        blobs = client.get_container_client(container).list_blobs(
+            name_starts_with=prefix, results_per_page=1)
+        next(iter(blobs.by_page()), None)
+    except ax.ClientAuthenticationError as exc:
+        raise StorageError(f"Azure refused the credentials for {path} "
+                           f"({exc.error_code or exc.status_code})") from None
+    except ax.ResourceNotFoundError as exc:
+        raise StorageError(f"cannot use {path}: "
+                           f"{exc.error_code or 'not found'} ({container!r})") from None
+    except ax.HttpResponseError as exc:
+        raise StorageError(f"Azure refused {path} "
+                           f"({exc.error_code or exc.status_code})") from None
+    except (ax.ServiceRequestError, ax.ServiceResponseError) as exc:
+        raise StorageError(f"cannot reach Azure Blob Storage for {path}: "
+                           f"{str(exc).splitlines()[0]}") from None
+    except ax.AzureError as exc:  # e.g. no Azure identity found
+        raise StorageError(f"cannot use {path}: {str(exc).splitlines()[0]}") from None
+
+
+AZFS_OUTPUTS = True
+AZFS_OUTPUT_REFUSED = ("azfs:// outputs are not supported (see docs/storage.md): "
+                       "write to a local folder, gs:// or s3:// and copy")
