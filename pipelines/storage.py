@@ -47,7 +47,7 @@ def prepare_storage(inputs: list[str], outputs: list[str], beam_args: list[str])
     """
     options = PipelineOptions(beam_args)
     FileSystems.set_options(options)
-    for path, write in [(p, False) for p in inputs] + [(p, True) for p in outputs]:
+    for path in [*inputs, *outputs]:
         kind = scheme(path)
         if kind not in _EXTRAS:
             continue
@@ -59,7 +59,7 @@ def prepare_storage(inputs: list[str], outputs: list[str], beam_args: list[str])
         if kind == "s3":
             check_s3(path, options)
         else:
-            check_azure(path, options, write)
+            check_azure(path, options)
 
 
 def _split(path: str, kind: str) -> tuple[str, str]:
@@ -136,19 +136,18 @@ def azure_client(options: PipelineOptions) -> Any:
     return None
 
 
-def check_azure(path: str, options: PipelineOptions, write: bool) -> None:
+def check_azure(path: str, options: PipelineOptions) -> None:
     """One listing of ``path``'s container under its prefix; StorageError if refused.
 
-    Outputs: the commit renames files, which Beam does on Azure by a server-side copy
-    from ``https://<account>.blob.core.windows.net/...``: see ``AZFS_OUTPUTS``.
+    The account in the path must be the credentials' account: Beam lists and reads
+    through the credentials' account whatever the path says, but renames (the commit of
+    the outputs) by a server-side copy from ``https://<path's account>.blob.core...``.
     """
     from azure.core import exceptions as ax
     account, rest = _split(path, "azfs")
     container, _, prefix = rest.partition("/")
     if not account or not container:
         raise StorageError(f"{path}: an Azure path is azfs://<account>/<container>/<prefix>")
-    if write and not AZFS_OUTPUTS:
-        raise StorageError(AZFS_OUTPUT_REFUSED)
     client = azure_client(options)
     if client is None:
         raise StorageError(
@@ -162,22 +161,17 @@ def check_azure(path: str, options: PipelineOptions, write: bool) -> None:
         blobs = client.get_container_client(container).list_blobs(
             name_starts_with=prefix, results_per_page=1)
         next(iter(blobs.by_page()), None)
-    except ax.ClientAuthenticationError as exc:
-        raise StorageError(f"Azure refused the credentials for {path} "
-                           f"({exc.error_code or exc.status_code})") from None
-    except ax.ResourceNotFoundError as exc:
-        raise StorageError(f"cannot use {path}: "
-                           f"{exc.error_code or 'not found'} ({container!r})") from None
     except ax.HttpResponseError as exc:
-        raise StorageError(f"Azure refused {path} "
-                           f"({exc.error_code or exc.status_code})") from None
+        code = getattr(exc.error_code, "value", exc.error_code) or exc.status_code
+        if isinstance(exc, ax.ClientAuthenticationError) or exc.status_code == 403:
+            raise StorageError(f"Azure refused the credentials for {path} ({code}); check "
+                               "the connection string or identity and its permissions on "
+                               f"container {container!r}") from None
+        if isinstance(exc, ax.ResourceNotFoundError):
+            raise StorageError(f"cannot use {path}: {code} ({container!r})") from None
+        raise StorageError(f"Azure refused {path} ({code})") from None
     except (ax.ServiceRequestError, ax.ServiceResponseError) as exc:
         raise StorageError(f"cannot reach Azure Blob Storage for {path}: "
                            f"{str(exc).splitlines()[0]}") from None
     except ax.AzureError as exc:  # e.g. no Azure identity found
         raise StorageError(f"cannot use {path}: {str(exc).splitlines()[0]}") from None
-
-
-AZFS_OUTPUTS = True
-AZFS_OUTPUT_REFUSED = ("azfs:// outputs are not supported (see docs/storage.md): "
-                       "write to a local folder, gs:// or s3:// and copy")

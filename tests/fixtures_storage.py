@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -119,3 +120,89 @@ def moto_s3(tmp_path_factory):
             else:
                 os.environ[key] = value
         server.stop()
+
+
+class Azurite:
+    """An Azurite blob service and an Azure SDK client for it."""
+
+    def __init__(self, endpoint: str):
+        from azure.storage.blob import BlobServiceClient
+        self.endpoint = endpoint
+        self.connection_string = (
+            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
+            f"AccountKey={AZURITE_KEY};BlobEndpoint={endpoint}/{AZURITE_ACCOUNT};")
+        self.client = BlobServiceClient.from_connection_string(self.connection_string)
+
+    def beam_args(self) -> list[str]:
+        return ["--azure_connection_string", self.connection_string]
+
+    def container(self, name: str) -> None:
+        self.client.create_container(name)
+
+    def upload_tree(self, local: Path, container: str, prefix: str) -> list[str]:
+        names = []
+        for path in sorted(p for p in Path(local).rglob("*") if p.is_file()):
+            name = f"{prefix}/{path.relative_to(local).as_posix()}"
+            self.client.get_blob_client(container, name).upload_blob(path.read_bytes())
+            names.append(name)
+        return names
+
+    def names(self, container: str, prefix: str) -> list[str]:
+        return sorted(b.name for b in self.client.get_container_client(container).list_blobs(
+            name_starts_with=f"{prefix}/"))
+
+    def download_tree(self, container: str, prefix: str, local: Path) -> list[str]:
+        names = []
+        for name in self.names(container, prefix):
+            rel = name[len(prefix) + 1:]
+            target = Path(local) / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(
+                self.client.get_blob_client(container, name).download_blob().readall())
+            names.append(rel)
+        return names
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory):
+    """Azurite's blob service for the session on a free port of 127.0.0.1: in memory,
+    any API version, no telemetry (it would call an Azure host)."""
+    if not AZURITE.exists():
+        pytest.fail(f"Azurite is not installed at {AZURITE}: `make test` installs it "
+                    "(make .azurite/node_modules/.bin/azurite-blob)", pytrace=False)
+    port = free_port()
+    workspace = tmp_path_factory.mktemp("azurite")
+    log = workspace / "azurite.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(port),
+             "--inMemoryPersistence", "--extentMemoryLimit", "256", "--skipApiVersionCheck",
+             "--disableTelemetry", "--silent"],
+            cwd=workspace, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{endpoint}/{AZURITE_ACCOUNT}?comp=list",
+                                            timeout=2):
+                    break
+            except urllib.error.HTTPError:
+                break  # it answers (without credentials: 403)
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"Azurite did not start: {log.read_text()}")
+                time.sleep(0.2)
+        saved = os.environ.pop("AZURE_STORAGE_CONNECTION_STRING", None)
+        try:
+            yield Azurite(endpoint)
+        finally:
+            if saved is not None:
+                os.environ["AZURE_STORAGE_CONNECTION_STRING"] = saved
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)

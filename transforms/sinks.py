@@ -135,7 +135,7 @@ class _Commit(beam.DoFn):
         summary = self._make_summary(stats)
         out = self._output
         final_summary = FileSystems.join(out, SUMMARY)
-        if FileSystems.exists(final_summary):  # no longer complete from here on
+        if _exists(final_summary):  # no longer complete from here on
             FileSystems.delete([final_summary])
         for folder in self._folders:  # outputs of an earlier run into the same place
             old = FileSystems.match([FileSystems.join(out, folder, "part-*")])[0].metadata_list
@@ -148,6 +148,12 @@ class _Commit(beam.DoFn):
         write_bytes(final_summary, summary_bytes(summary))
         _remove_temporary(self._temp_dir, FileSystems.join(out, TEMPORARY))
         yield summary
+
+
+def _exists(path: str) -> bool:
+    """``FileSystems.exists`` by a listing: Beam's Azure filesystem (2.77) raises for a
+    blob that does not exist, and so does ``match`` of a path without wildcards."""
+    return any(m.path == path for m in FileSystems.match([path + "*"])[0].metadata_list)
 
 
 def _remove_temporary(temp_dir: str, parent: str) -> None:
