@@ -15,7 +15,7 @@ appear in a message.
 """
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 from typing import Any
 
@@ -52,14 +52,21 @@ def prepare_storage(inputs: list[str], outputs: list[str], beam_args: list[str])
         if kind not in _EXTRAS:
             continue
         module, extra = _EXTRAS[kind]
-        if importlib.util.find_spec(module.split(".")[0]) is None or (
-                "." in module and importlib.util.find_spec(module) is None):
+        if not _importable(module):
             raise StorageError(f"{kind}:// paths need the [{extra}] extra: "
                                f"pip install 'braze-currents-beam[{extra}]'")
         if kind == "s3":
             check_s3(path, options)
         else:
             check_azure(path, options)
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
 
 
 def _split(path: str, kind: str) -> tuple[str, str]:

@@ -53,8 +53,8 @@ def test_the_export_is_laid_out_as_braze_writes_it_to_s3(moto_s3, uploaded):
     keys = moto_s3.keys("braze-currents", "exports/currents")
     assert keys == uploaded and len(keys) > 15
     click = [k for k in keys if "event_type=users.messages.email.Click/date=" in k]
-    assert f"exports/currents/{conn}/event_type=users.messages.email.Click/date=2026-11-24-08/" \
-           f"1/0/{conn}+0+0.avro" in click  # '+' and '=' kept in the keys
+    assert (f"exports/currents/{conn}/event_type=users.messages.email.Click/"
+            f"date=2026-11-24-08/1/0/{conn}+0+0.avro") in click  # '+' and '=' in keys
 
 
 def test_s3_run_gives_the_bytes_of_a_local_copy(moto_s3, s3_run, local_run, tmp_path):
@@ -154,3 +154,16 @@ def test_unknown_bucket_is_one_clear_line(moto_s3, capsys):
     err = fails_fast(["--input", "s3://no-such-bucket/x", "--output", "s3://currents-out/x",
                       *TOKEN, *moto_s3.beam_args()], capsys)
     assert err == "error: cannot use s3://no-such-bucket/x: no such bucket 'no-such-bucket'"
+
+
+@pytest.mark.parametrize("module, path, extra", [
+    ("boto3", "s3://braze-currents/x", "aws"),
+    ("azure.storage.blob", "azfs://devstoreaccount1/braze-currents/x", "azure")])
+def test_without_the_extra_installed_is_one_clear_line(module, path, extra, monkeypatch,
+                                                       capsys):
+    """What a GCP-only install sees: the module cannot be imported (None in sys.modules
+    makes ``import`` fail, as if it were not installed)."""
+    monkeypatch.setitem(sys.modules, module, None)
+    err = fails_fast(["--input", path, "--output", "/tmp/unused", *TOKEN], capsys, 5.0)
+    assert err == (f"error: {path.split(':')[0]}:// paths need the [{extra}] extra: "
+                   f"pip install 'braze-currents-beam[{extra}]'")

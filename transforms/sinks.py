@@ -27,7 +27,7 @@ def shard_name(shard: int, num_shards: int) -> str:
 
 
 def create_ndjson(path: str) -> Any:
-    """A new NDJSON file (local or gs://), written as is."""
+    """A new NDJSON file (any FileSystems path), written as is."""
     return FileSystems.create(path, mime_type="application/x-ndjson",
                               compression_type=CompressionTypes.UNCOMPRESSED)
 
