@@ -20,7 +20,9 @@ import os
 from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import AzureOptions, PipelineOptions, S3Options
+from apache_beam.options.pipeline_options import (AzureOptions, PipelineOptions, S3Options,
+                                                  SetupOptions, StandardOptions,
+                                                  WorkerOptions)
 
 # Seconds for the checks: long enough for a slow link, short enough to be "fail fast"
 CONNECT_TIMEOUT = 5
@@ -55,10 +57,28 @@ def prepare_storage(inputs: list[str], outputs: list[str], beam_args: list[str])
         if not _importable(module):
             raise StorageError(f"{kind}:// paths need the [{extra}] extra: "
                                f"pip install 'braze-currents-beam[{extra}]'")
+        check_workers_get_the_extra(kind, extra, options)
         if kind == "s3":
             check_s3(path, options)
         else:
             check_azure(path, options)
+
+
+def check_workers_get_the_extra(kind: str, extra: str, options: PipelineOptions) -> None:
+    """On Dataflow, workers install this package from ``--setup_file`` without its
+    extras (and Beam's worker image has neither boto3 nor the Azure SDK): without a
+    requirements file or an image of their own, the job would fail on its workers."""
+    runner = str(options.view_as(StandardOptions).runner or "")
+    if "dataflow" not in runner.lower():
+        return
+    setup, workers = options.view_as(SetupOptions), options.view_as(WorkerOptions)
+    if (setup.requirements_file or setup.extra_packages or workers.sdk_container_image
+            or workers.worker_harness_container_image):
+        return
+    raise StorageError(
+        f"{kind}:// on Dataflow: the workers need the [{extra}] extra too; pass "
+        f"--requirements_file dataflow/requirements-{extra}.txt (or an "
+        "--sdk_container_image that has it), see docs/storage.md")
 
 
 def _importable(module: str) -> bool:

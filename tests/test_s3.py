@@ -14,6 +14,7 @@ import pytest
 from pipelines.currents_to_partners import run
 from tests.conftest import REPO
 from tests.storage_export import connector_folder, output_files, write_braze_export
+from tests.test_dataflow import offline  # noqa: F401  (a fixture)
 
 # Two shards: Beam makes a new S3 client (~0.1-0.4 s here) for every file it opens,
 # writes or renames, so fewer output files keep the runs short; same bytes either way.
@@ -167,3 +168,35 @@ def test_without_the_extra_installed_is_one_clear_line(module, path, extra, monk
     err = fails_fast(["--input", path, "--output", "/tmp/unused", *TOKEN], capsys, 5.0)
     assert err == (f"error: {path.split(':')[0]}:// paths need the [{extra}] extra: "
                    f"pip install 'braze-currents-beam[{extra}]'")
+
+
+def test_s3_on_dataflow_without_the_extra_for_the_workers_is_refused(capsys):
+    from tests.test_dataflow import DATAFLOW
+    err = fails_fast(["--input", INPUT, "--output", "s3://currents-out/df", *TOKEN,
+                      *DATAFLOW], capsys, 5.0)
+    assert err == ("error: s3:// on Dataflow: the workers need the [aws] extra too; pass "
+                   "--requirements_file dataflow/requirements-aws.txt (or an "
+                   "--sdk_container_image that has it), see docs/storage.md")
+
+
+def test_s3_dataflow_dry_run_lists_the_input_and_probes_the_output(offline, moto_s3,
+                                                                   uploaded, capsys):
+    """The job is built (nothing runs) with the launcher's checks done on moto; the
+    image named for the workers is taken to have boto3."""
+    from tests.test_dataflow import DATAFLOW
+    code = run(["--input", INPUT, "--output", "s3://currents-out/df", *TOKEN,
+                *moto_s3.beam_args(), *DATAFLOW,
+                "--sdk_container_image", "europe-docker.pkg.dev/p/r/currents-aws:1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "Dataflow job built" in out and f"files (0.0 MiB) under {INPUT}" in out
+    assert moto_s3.keys("currents-out", "df") == []  # the probe was removed
+
+
+def test_dataflow_requirement_files_pin_what_constraints_pin():
+    pins = {line.strip().lower() for line in (REPO / "constraints.txt").read_text().splitlines()}
+    for extra in ("aws", "azure"):
+        lines = [line.strip() for line in
+                 (REPO / "dataflow" / f"requirements-{extra}.txt").read_text().splitlines()
+                 if line.strip() and not line.startswith("#")]
+        assert lines and all(line.lower() in pins for line in lines), extra
