@@ -16,6 +16,7 @@ appear in a message.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from typing import Any
 
@@ -158,8 +159,11 @@ def azure_client(options: PipelineOptions) -> Any:
         from azure.identity import DefaultAzureCredential
         credential = DefaultAzureCredential(
             managed_identity_client_id=az.azure_managed_identity_client_id)
-        return BlobServiceClient(account_url=az.blob_service_endpoint,
-                                 credential=credential, **settings)
+        try:
+            return BlobServiceClient(account_url=az.blob_service_endpoint,
+                                     credential=credential, **settings)
+        except ValueError as exc:  # e.g. an http:// endpoint with a token credential
+            raise StorageError(f"--blob_service_endpoint: {exc}") from None
     return None
 
 
@@ -184,12 +188,15 @@ def check_azure(path: str, options: PipelineOptions) -> None:
     if client.account_name and client.account_name != account:
         raise StorageError(f"{path} names storage account {account!r}, but the "
                            f"credentials are for {client.account_name!r}")
+    identity_log = logging.getLogger("azure.identity")  # its failure: many lines
+    level = identity_log.level
+    identity_log.setLevel(logging.ERROR)
     try:
         blobs = client.get_container_client(container).list_blobs(
             name_starts_with=prefix, results_per_page=1)
         next(iter(blobs.by_page()), None)
-    except ax.HttpResponseError as exc:
-        code = getattr(exc.error_code, "value", exc.error_code) or exc.status_code
+    except ax.HttpResponseError as exc:  # also: no Azure identity could give a token
+        code = _azure_reason(exc)
         if isinstance(exc, ax.ClientAuthenticationError) or exc.status_code == 403:
             raise StorageError(f"Azure refused the credentials for {path} ({code}); check "
                                "the connection string or identity and its permissions on "
@@ -200,5 +207,14 @@ def check_azure(path: str, options: PipelineOptions) -> None:
     except (ax.ServiceRequestError, ax.ServiceResponseError) as exc:
         raise StorageError(f"cannot reach Azure Blob Storage for {path}: "
                            f"{str(exc).splitlines()[0]}") from None
-    except ax.AzureError as exc:  # e.g. no Azure identity found
-        raise StorageError(f"cannot use {path}: {str(exc).splitlines()[0]}") from None
+    except ax.AzureError as exc:
+        raise StorageError(f"cannot use {path}: {_azure_reason(exc)}") from None
+    finally:
+        identity_log.setLevel(level)
+
+
+def _azure_reason(exc: Exception) -> str:
+    """The service's error code, else the status, else the message's first line."""
+    code = getattr(exc, "error_code", None)
+    code = getattr(code, "value", code) or getattr(exc, "status_code", None)
+    return str(code) if code else str(exc).strip().splitlines()[0][:200]

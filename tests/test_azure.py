@@ -158,3 +158,11 @@ def test_unknown_container_is_one_clear_line(azurite, capsys):
                       OUTPUT, *TOKEN, *azurite.beam_args()], capsys)
     assert err == ("error: cannot use azfs://devstoreaccount1/no-such-container/x: "
                    "ContainerNotFound ('no-such-container')")
+
+
+def test_malformed_connection_string_is_one_clear_line(uploaded, capsys):
+    err = fails_fast(["--input", INPUT, "--output", OUTPUT, *TOKEN,
+                      "--azure_connection_string", "AccountKey=not-a-connection-string"],
+                     capsys)
+    assert err == ("error: the Azure connection string is malformed "
+                   "(--azure_connection_string or AZURE_STORAGE_CONNECTION_STRING)")
