@@ -12,7 +12,7 @@ import zlib
 from typing import Any, Callable, Iterable, Iterator
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import codec
@@ -151,9 +151,13 @@ class _Commit(beam.DoFn):
 
 
 def _exists(path: str) -> bool:
-    """``FileSystems.exists`` by a listing: Beam's Azure filesystem (2.77) raises for a
-    blob that does not exist, and so does ``match`` of a path without wildcards."""
-    return any(m.path == path for m in FileSystems.match([path + "*"])[0].metadata_list)
+    """``FileSystems.exists``, which Beam's Azure filesystem (2.77) makes raise for a
+    blob that does not exist (so does ``match`` of a path without wildcards): then the
+    answer comes from a listing."""
+    try:
+        return FileSystems.exists(path)
+    except BeamIOError:
+        return any(m.path == path for m in FileSystems.match([path + "*"])[0].metadata_list)
 
 
 def _remove_temporary(temp_dir: str, parent: str) -> None:
