@@ -41,8 +41,12 @@ setup(
         "zstandard>=0.22",
     ],
     extras_require={
+        # s3:// and azfs:// through Beam's own filesystems (docs/storage.md); extras, so
+        # a GCP-only install pulls neither boto3 nor the Azure SDK
+        "aws": ["apache-beam[aws]==2.77.0"],
+        "azure": ["apache-beam[azure]==2.77.0"],
         "test": ["pytest>=8", "hypothesis>=6.100", "gcp-storage-emulator>=2024.8.3",
-                 "pdoc>=14", "psutil>=5.9"],
+                 "pdoc>=14", "psutil>=5.9", "moto[server]>=5.0"],
         "bench": ["psutil>=5.9"],
     },
     entry_points={"console_scripts": [

@@ -42,6 +42,7 @@ from pydantic import ValidationError
 
 from pipelines.gcs import emulator_args
 from pipelines.options import BeamOptions, RunConfig, parse
+from pipelines.storage import StorageError, prepare_storage
 from pipelines.worker_template import WorkerTemplate
 from transforms import (DeduplicateEvents, FormatForPartners, ReadCurrentsExport,
                         ValidateEvents)
@@ -282,6 +283,10 @@ def _run(argv: list[str] | None, template: Any) -> int:
                               forward_new_fields=cfg.forward_new_fields), end="")
         return 0
     beam_args = emulator_args(beam_args)
+    try:
+        prepare_storage([cfg.input], [cfg.output], beam_args)
+    except StorageError as exc:
+        return _fail(str(exc), 2)
     try:
         files, size = export_size(cfg.input)
     except Exception as exc:

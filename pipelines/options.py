@@ -130,6 +130,9 @@ Beam options pass through unchanged, for example:
   --direct_num_workers N                 local parallelism
   --direct_running_mode multi_processing|multi_threading|in_memory
   --project, --region, --temp_location, --setup_file   for Dataflow
+  --s3_endpoint_url, --s3_region_name, --s3_access_key_id, ...   for s3://
+  --azure_connection_string, --blob_service_endpoint   for azfs://
+  (s3:// and azfs:// need the [aws] and [azure] extras; see docs/storage.md)
 
 Outputs under --output:
   events/        one deduplicated event per line (Currents fields + event_type)
@@ -153,10 +156,12 @@ def parser() -> argparse.ArgumentParser:
                     "events, a dead letter and a run summary.",
         epilog=HELP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--input", default=None,
-                    help="folder, prefix (local or gs://), glob or .avro file of a Currents "
-                         "export; every .avro below it is read. Default: the bundled sample")
+                    help="folder, prefix (local, gs://, s3:// or azfs://), glob or .avro "
+                         "file of a Currents export; every .avro below it is read. "
+                         "Default: the bundled sample")
     ap.add_argument("--output", default=None,
-                    help="folder (local or gs://) for the outputs. Default: ./output "
+                    help="folder (local, gs://, s3:// or azfs://) for the outputs. "
+                         "Default: ./output "
                          "(with the bundled sample)")
     ap.add_argument("--partners", default=",".join(PARTNERS),
                     help="comma-separated partners to format payloads for, under "

@@ -12,6 +12,8 @@ import pytest  # noqa: E402
 
 from schemas.catalogue import load_catalogue  # noqa: E402
 
+pytest_plugins = ["tests.fixtures_storage"]  # S3 and Azure emulators
+
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = REPO.parent / "shared" / "seeds"
 

@@ -1,6 +1,6 @@
 """ReadCurrentsExport: every ``.avro`` under a prefix -> batches of raw Currents rows.
 
-Files are matched recursively through Beam's ``FileSystems`` (local paths and gs:// alike)
+Files are matched recursively through Beam's ``FileSystems`` (local, gs://, s3://, azfs://)
 and decoded with each file's own writer schema, so files written with different schema
 ids read side by side: by polars into a frame when asked and the schema allows (decoding
 was most of the CPU a row cost), else, and always for a file polars refuses, by fastavro.
@@ -318,7 +318,7 @@ def _classify(exc: Exception) -> str:
 class ReadCurrentsExport(beam.PTransform):
     """Read a Currents export.
 
-    Input: the pipeline root. ``path`` is a folder or prefix (local or gs://), a single
+    Input: the pipeline root. ``path`` is a folder or prefix (any FileSystems path), a single
     ``.avro`` file, or a glob.
     Output (main): RowBatch = ``(event_type, source, first_row, rows, problems,
     allowed_nulls)`` (``writer_facts``: the fields whose nulls the file's writer schema
