@@ -1,0 +1,537 @@
+"""DeliverToPartner: a partner's payloads -> its bulk ingestion API, nothing lost.
+
+    ShardLines of payloads --Pack--> pieces (lists of payloads, <= 1/8 of a request)
+        --BatchElements (weighted by bytes and events)--> one request's worth
+        --Send--> delivered | delivery_failed records, per-batch counters
+
+Beam pays per element, so elements are pieces of a request, not single payloads: about
+8 elements per request. Every payload ends delivered or in ``failed`` with a reason:
+
+- ``payload_too_large_for_partner``: alone over the API's per-message limit, never sent
+  (or answered 413 when sent alone);
+- ``retries_exhausted``: 429, 5xx, connection errors or timeouts until
+  ``max_retries`` retries or ``timeout`` seconds were spent on the request;
+- ``rejected_by_partner``: a permanent 4xx for this very event (the API's per-event
+  report where it gives one: Amplitude's and Mixpanel's 400 bodies; otherwise the batch
+  is bisected until the rejected events are alone);
+- ``unauthorized``: 401/403 (wrong credentials: not split, every event of the batch).
+
+Every request carries the partner's dedup key (= the Braze event id) inside each
+payload, so a retried request or a rerun never counts an event twice at the partner.
+See docs/delivery.md for each API's limits and the sources.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import logging
+import threading
+import time
+from collections import Counter, deque
+from typing import Any, Iterator
+
+import apache_beam as beam
+import orjson
+from apache_beam.metrics import Metrics
+
+from transforms.types import STATS, ShardLines
+
+FAILED = "failed"
+
+# reasons of delivery_failed/ records
+TOO_LARGE = "payload_too_large_for_partner"
+EXHAUSTED = "retries_exhausted"
+REJECTED = "rejected_by_partner"
+UNAUTHORIZED = "unauthorized"
+
+# parts of one request per element of the batching step
+PIECES_PER_REQUEST = 8
+_WEIGHT = 1_000_000  # BatchElements' batch size, in these units: a full request
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiLimits:
+    """One ingestion API: its path and documented limits (docs/delivery.md)."""
+    path: str
+    max_events: int          # payloads per request
+    max_bytes: int           # uncompressed body per request
+    max_payload_bytes: int   # one payload
+    gzip: bool               # the API documents Content-Encoding: gzip
+    key_rate: float | None = None  # events/s per user or device id (Amplitude)
+
+
+APIS = {
+    "amplitude": ApiLimits("/2/httpapi", 2000, 1_000_000, 1_000_000, True, 30.0),
+    "amplitude-batch": ApiLimits("/batch", 2000, 20_000_000, 1_000_000, True, 1000.0),
+    "mixpanel": ApiLimits("/import", 2000, 10_000_000, 1_000_000, True),
+    "mparticle": ApiLimits("/v2/bulkevents", 100, 256_000, 128_000, False),
+    "segment": ApiLimits("/v1/batch", 2500, 500_000, 32_000, False),
+}
+ENVELOPE = 200  # bytes of a request body besides its payloads (api_key, brackets)
+
+DEFAULT_ENDPOINTS = {
+    "amplitude": "https://api2.amplitude.com",
+    "mixpanel": "https://api.mixpanel.com",
+    "mparticle": "https://s2s.mparticle.com",
+    "segment": "https://api.segment.io",
+}
+# requests per second per worker, each under the partner's documented rate
+DEFAULT_MAX_RPS = {"amplitude": 100.0, "mixpanel": 10.0, "mparticle": 2.0, "segment": 50.0}
+
+
+@dataclasses.dataclass(frozen=True)
+class DeliveryConfig:
+    """How to reach one partner. ``credentials`` (never printed: ``repr=False``):
+    amplitude ``api_key``; mixpanel ``username``/``secret``/``project_id`` (service
+    account) or ``api_secret``; segment ``write_key``; mparticle ``api_key``/
+    ``api_secret``. ``max_rps`` 0: no cap. ``backoff``: first retry's wait, seconds."""
+    endpoint: str
+    credentials: dict = dataclasses.field(repr=False, default_factory=dict)
+    amplitude_api: str = "http"
+    max_retries: int = 8
+    timeout: float = 300.0
+    max_rps: float = 0.0
+    backoff: float = 1.0
+    max_backoff: float = 60.0
+    dry_run: bool = False
+
+    def limits(self, partner: str) -> ApiLimits:
+        if partner == "amplitude" and self.amplitude_api == "batch":
+            return APIS["amplitude-batch"]
+        return APIS[partner]
+
+    def url(self, partner: str) -> str:
+        url = self.endpoint.rstrip("/") + self.limits(partner).path
+        if partner == "mixpanel":
+            url += "?strict=1"
+            if self.credentials.get("project_id"):
+                url += f"&project_id={self.credentials['project_id']}"
+        return url
+
+    def secrets(self) -> list[str]:
+        """Every secret value, for redaction (the Mixpanel project id is not one)."""
+        return [v for k, v in self.credentials.items() if v and k != "project_id"]
+
+
+def dedup_key(partner: str, payload: dict) -> tuple[str, str]:
+    """(partner's event name, dedup key = Braze event id) of a parsed payload."""
+    if partner == "amplitude":
+        return payload.get("event_type"), payload.get("insert_id")
+    if partner == "mixpanel":
+        return payload.get("event"), (payload.get("properties") or {}).get("$insert_id")
+    if partner == "segment":
+        return payload.get("event"), payload.get("messageId")
+    event = ((payload.get("events") or [{}])[0]) or {}
+    data = event.get("data") or {}
+    return data.get("event_name") or event.get("event_type"), data.get("source_message_id")
+
+
+def failure(partner: str, payload: bytes, reason: str, status: int | None,
+            error: str) -> dict:
+    """A delivery_failed record: ``{reason, event_type, id, status, error, payload}``."""
+    try:
+        parsed = orjson.loads(payload)
+        event_type, key = dedup_key(partner, parsed)
+    except (orjson.JSONDecodeError, AttributeError, TypeError):
+        parsed, event_type, key = payload.decode("utf-8", "replace"), None, None
+    return {"reason": reason, "event_type": event_type, "id": key, "status": status,
+            "error": error, "payload": parsed}
+
+
+# --- packing ------------------------------------------------------------------------
+
+class _Pack(beam.DoFn):
+    """ShardLines -> pieces of at most 1/PIECES_PER_REQUEST of a request (events and
+    bytes); payloads over the per-message limit go to ``failed`` at once."""
+
+    def __init__(self, partner: str, limits: ApiLimits):
+        self._partner, self._limits = partner, limits
+
+    def process(self, element: ShardLines) -> Iterator[Any]:
+        _, payloads = element
+        lim = self._limits
+        events_cap = max(1, lim.max_events // PIECES_PER_REQUEST)
+        bytes_cap = max(1, (lim.max_bytes - ENVELOPE) // PIECES_PER_REQUEST)
+        piece, size, too_large = [], 0, 0
+        for payload in payloads:
+            n = len(payload) + 1
+            if len(payload) > lim.max_payload_bytes or n > lim.max_bytes - ENVELOPE:
+                too_large += 1
+                yield beam.pvalue.TaggedOutput(FAILED, failure(
+                    self._partner, payload, TOO_LARGE, None,
+                    f"{len(payload)} bytes; {self._partner} takes at most "
+                    f"{lim.max_payload_bytes} per message"))
+                continue
+            if piece and (len(piece) >= events_cap or size + n > bytes_cap):
+                yield piece, size
+                piece, size = [], 0
+            piece.append(payload)
+            size += n
+        if piece:
+            yield piece, size
+        if too_large:
+            yield beam.pvalue.TaggedOutput(
+                STATS, {f"delivery/{self._partner}/failed/{TOO_LARGE}": too_large})
+
+
+def _weight(limits: ApiLimits):
+    """A piece's share of a request, in _WEIGHT units: the larger of its shares of the
+    event and the byte limits, so a batch of weight <= _WEIGHT is within both."""
+    max_events, max_bytes = limits.max_events, limits.max_bytes - ENVELOPE
+
+    def weight(piece: tuple[list[bytes], int]) -> int:
+        payloads, size = piece
+        return max(-(-len(payloads) * _WEIGHT // max_events), -(-size * _WEIGHT // max_bytes))
+    return weight
+
+
+# --- sending --------------------------------------------------------------------------
+
+class _Transient(Exception):
+    """A response worth retrying (429, 5xx): its status and Retry-After, if any."""
+
+    def __init__(self, status: int, retry_after: float | None, text: str):
+        super().__init__(f"HTTP {status}: {text}")
+        self.status, self.retry_after = status, retry_after
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+class _RateCap:
+    """At most ``rps`` requests per second from this process (all threads), spaced
+    evenly: one cap per partner per worker process."""
+
+    _caps: dict[str, "_RateCap"] = {}
+    _lock = threading.Lock()
+
+    @classmethod
+    def of(cls, partner: str, rps: float) -> "_RateCap":
+        with cls._lock:
+            cap = cls._caps.get(partner)
+            if cap is None or cap.rps != rps:
+                cap = cls._caps[partner] = cls(rps)
+            return cap
+
+    def __init__(self, rps: float):
+        self.rps, self._next, self._lock = rps, 0.0, threading.Lock()
+
+    def wait(self) -> None:
+        if self.rps <= 0:
+            return
+        with self._lock:
+            now = time.monotonic()
+            at = max(now, self._next)
+            self._next = at + 1.0 / self.rps
+        if at > now:
+            time.sleep(at - now)
+
+
+class _KeyRate:
+    """Events per user or device id within any 1 s window stay <= ``rate`` (Amplitude
+    throttles ids over 30 events/s on HTTP V2, 1000/s on the Batch API)."""
+
+    def __init__(self, rate: float):
+        self.rate = int(rate)
+        self._sent: dict[str, deque] = {}
+
+    def rounds(self, keys: list[list[str]]) -> list[list[int]]:
+        """Indexes of payloads (given by their ids) split so that no id has more than
+        ``rate`` events in a round."""
+        seen: Counter = Counter()
+        rounds: list[list[int]] = []
+        for i, ids in enumerate(keys):
+            r = max((seen[k] for k in ids), default=0) // self.rate
+            seen.update(ids)
+            while len(rounds) <= r:
+                rounds.append([])
+            rounds[r].append(i)
+        return rounds
+
+    @staticmethod
+    def keys(payload: bytes) -> list[str]:
+        event = orjson.loads(payload)
+        return [f"{k}:{event[k]}" for k in ("user_id", "device_id") if event.get(k)]
+
+    def wait(self, counts: Counter) -> float:
+        """Seconds until ids of ``counts`` may send that many more events."""
+        now, wait = time.monotonic(), 0.0
+        for key, n in counts.items():
+            sent = self._sent.get(key)
+            if not sent:
+                continue
+            while sent and sent[0][0] <= now - 1.0:
+                sent.popleft()
+            total = sum(c for _, c in sent)
+            for at, c in sent:  # the oldest entries must leave the window first
+                if total + n <= self.rate:
+                    break
+                wait = max(wait, at + 1.0 - now)
+                total -= c
+        return wait
+
+    def record(self, counts: Counter) -> None:
+        now = time.monotonic()
+        if len(self._sent) > 200_000:  # forget ids idle for a second
+            self._sent = {k: d for k, d in self._sent.items() if d and d[-1][0] > now - 1.0}
+        for key, n in counts.items():
+            self._sent.setdefault(key, deque()).append((now, n))
+
+
+def _body(partner: str, payloads: list[bytes], credentials: dict) -> bytes:
+    """The request body around the payloads, as each API takes it (no re-encoding)."""
+    events = b",".join(payloads)
+    if partner == "amplitude":
+        return b'{"api_key":' + orjson.dumps(credentials["api_key"]) + b',"events":[' + \
+            events + b"]}"
+    if partner == "segment":
+        return b'{"batch":[' + events + b"]}"
+    return b"[" + events + b"]"  # mixpanel /import, mparticle /v2/bulkevents
+
+
+def _auth(partner: str, credentials: dict) -> tuple[str, str] | None:
+    if partner == "mixpanel":
+        if credentials.get("username"):
+            return credentials["username"], credentials["secret"]
+        return credentials["api_secret"], ""
+    if partner == "segment":
+        return credentials["write_key"], ""
+    if partner == "mparticle":
+        return credentials["api_key"], credentials["api_secret"]
+    return None  # amplitude: the key is in the body
+
+
+class _Send(beam.DoFn):
+    """One batch of pieces -> requests, retried, split on rejection; outputs the
+    payloads that could not be delivered (``failed``) and the batch's counters."""
+
+    def __init__(self, partner: str, config: DeliveryConfig):
+        self._partner, self._config = partner, config
+
+    def setup(self):
+        import httpx
+        cfg, partner = self._config, self._partner
+        self._limits = cfg.limits(partner)
+        self._url = cfg.url(partner)
+        self._secrets = cfg.secrets()
+        self._rate = _RateCap.of(partner, cfg.max_rps)
+        self._key_rate = (_KeyRate(self._limits.key_rate) if self._limits.key_rate
+                          else None)
+        self._client = None
+        if not cfg.dry_run:
+            logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request
+            self._client = httpx.Client(
+                auth=_auth(partner, cfg.credentials),
+                timeout=httpx.Timeout(min(cfg.timeout, 60.0)),
+                headers={"Content-Type": "application/json",
+                         "User-Agent": "braze-currents-beam"})
+        ns = "delivery"
+        self._metrics = {k: Metrics.counter(ns, f"{partner}/{k}") for k in (
+            "delivered", "failed", "requests", "retried_requests", "bytes_sent")}
+
+    def teardown(self):
+        if getattr(self, "_client", None) is not None:
+            self._client.close()
+
+    def process(self, batch: list[tuple[list[bytes], int]]) -> Iterator[Any]:
+        payloads = [p for piece, _ in batch for p in piece]
+        self._stats: Counter = Counter()
+        self._failed: list[dict] = []
+        if self._key_rate is None:
+            self._deliver(payloads)
+        else:  # each id's events in rounds of at most the rate, a second apart
+            keys = [self._key_rate.keys(p) for p in payloads]
+            self._keys = {id(p): k for p, k in zip(payloads, keys)}
+            for indexes in self._key_rate.rounds(keys):
+                self._deliver([payloads[i] for i in indexes])
+        p = self._partner
+        stats = {f"delivery/{p}/{k}": v for k, v in self._stats.items()}
+        for name, counter in self._metrics.items():
+            value = (sum(v for k, v in self._stats.items() if k.startswith("failed/"))
+                     if name == "failed" else self._stats.get(name, 0))
+            if value:
+                counter.inc(value)
+        for record in self._failed:
+            yield beam.pvalue.TaggedOutput(FAILED, record)
+        yield beam.pvalue.TaggedOutput(STATS, stats)
+
+    # - one request and its outcome -
+
+    def _fail(self, payloads: list[bytes], reason: str, status: int | None, error: str):
+        error = self._redact(error)
+        self._stats[f"failed/{reason}"] += len(payloads)
+        self._failed += [failure(self._partner, p, reason, status, error) for p in payloads]
+
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text[:2000]
+
+    def _deliver(self, payloads: list[bytes]) -> None:
+        """Send ``payloads`` in one request; split and resend on 413 and rejections."""
+        if not payloads:
+            return
+        try:
+            status, text = self._post(payloads)
+        except _Transient as exc:
+            return self._fail(payloads, EXHAUSTED, exc.status, str(exc))
+        except Exception as exc:  # httpx transport errors, after the last retry
+            return self._fail(payloads, EXHAUSTED, None,
+                              f"{type(exc).__name__}: {exc}")
+        if status < 300:
+            self._stats["delivered"] += len(payloads)
+            return
+        if status in (401, 403):
+            return self._fail(payloads, UNAUTHORIZED, status, text)
+        if status == 413 and len(payloads) == 1:
+            return self._fail(payloads, TOO_LARGE, status, text)
+        bad = self._rejected_by_report(status, text, len(payloads))
+        if bad is not None:
+            rejected, resend, delivered = bad
+            for i, message in rejected.items():
+                self._fail([payloads[i]], REJECTED, status, message)
+            self._stats["delivered"] += delivered
+            if resend:
+                self._deliver([payloads[i] for i in resend])
+            return
+        if len(payloads) == 1:
+            return self._fail(payloads, REJECTED, status, text)
+        half = len(payloads) // 2
+        self._deliver(payloads[:half])
+        self._deliver(payloads[half:])
+
+    def _rejected_by_report(self, status: int, text: str, n: int):
+        """The API's own per-event report of a 400, if it gave one:
+        ({index: error}, indexes to send again, events it took), or None."""
+        if status != 400:
+            return None
+        try:
+            body = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(body, dict):
+            return None
+        if self._partner == "mixpanel" and body.get("failed_records"):
+            # strict=1: the valid records were imported, the listed ones were not
+            rejected = {}
+            for record in body["failed_records"]:
+                i = record.get("index")
+                if isinstance(i, int) and 0 <= i < n:
+                    rejected[i] = (f"{record.get('field', '')}: "
+                                   f"{record.get('message', '')}").strip(": ")
+            if not rejected:
+                return None
+            return rejected, [], n - len(rejected)
+        if self._partner == "amplitude":
+            # the whole request was refused; the body names the events at fault
+            rejected: dict[int, str] = {}
+            for group in ("events_with_invalid_fields", "events_with_missing_fields"):
+                for field, indexes in (body.get(group) or {}).items():
+                    for i in indexes if isinstance(indexes, list) else []:
+                        if isinstance(i, int) and 0 <= i < n:
+                            rejected[i] = (rejected.get(i, "") + f"{group}: {field}; ")
+            if not rejected:
+                return None
+            rejected = {i: m.rstrip("; ") for i, m in rejected.items()}
+            return rejected, [i for i in range(n) if i not in rejected], 0
+        return None
+
+    def _post(self, payloads: list[bytes]) -> tuple[int, str]:
+        """One request, retried on 429, 5xx and transport errors (tenacity: exponential
+        backoff with full jitter, never before Retry-After, bounded by max_retries and
+        timeout); the final (status, body text)."""
+        import httpx
+        import tenacity
+        cfg, limits = self._config, self._limits
+        body = _body(self._partner, payloads, cfg.credentials)
+        headers = {}
+        if limits.gzip:
+            body = gzip.compress(body, compresslevel=1, mtime=0)
+            headers["Content-Encoding"] = "gzip"
+        counts = None
+        if self._key_rate is not None:
+            counts = Counter(k for p in payloads for k in self._keys[id(p)])
+        if cfg.dry_run:
+            self._stats["requests"] += 1
+            self._stats["bytes_sent"] += len(body)
+            return 200, ""
+        jitter = tenacity.wait_random_exponential(multiplier=cfg.backoff,
+                                                  max=cfg.max_backoff)
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            exc = state.outcome.exception()
+            after = getattr(exc, "retry_after", None) or 0.0
+            return max(after, jitter(state))
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type((_Transient, httpx.TransportError)),
+            stop=(tenacity.stop_after_attempt(cfg.max_retries + 1)
+                  | tenacity.stop_before_delay(cfg.timeout)),
+            wait=wait, reraise=True)
+        for attempt in retrying:
+            with attempt:
+                if counts is not None:
+                    time.sleep(self._key_rate.wait(counts))
+                self._rate.wait()
+                self._stats["requests"] += 1
+                self._stats["bytes_sent"] += len(body)
+                if attempt.retry_state.attempt_number > 1:
+                    self._stats["retried_requests"] += 1
+                if counts is not None:
+                    self._key_rate.record(counts)
+                response = self._client.post(self._url, content=body, headers=headers)
+                if response.status_code == 429 or response.status_code >= 500:
+                    raise _Transient(response.status_code,
+                                     _retry_after(response.headers.get("Retry-After")),
+                                     self._redact(response.text[:500]))
+                return response.status_code, self._redact(response.text)
+        raise AssertionError("unreachable")  # tenacity re-raises the last error
+
+
+@beam.typehints.with_input_types(ShardLines)
+class DeliverToPartner(beam.PTransform):
+    """Send a partner's payloads to its bulk ingestion API.
+
+    Input: ShardLines ``(shard, [payload JSON bytes])`` - FormatForPartners' output for
+    ``partner``, exactly what ``partners/<partner>/`` holds. Output: a dict of
+    PCollections: ``"failed"``, the delivery_failed records (dicts), and ``"stats"``,
+    flat counters: ``delivery/<p>/delivered``, ``.../failed/<reason>``, ``.../requests``,
+    ``.../retried_requests``, ``.../bytes_sent`` (also Beam counters, namespace
+    ``delivery``). ``delivered + failed`` = the payloads given.
+    """
+
+    def __init__(self, partner: str, config: DeliveryConfig):
+        super().__init__()
+        if partner not in DEFAULT_ENDPOINTS:
+            raise ValueError(f"unknown partner {partner!r}; choose from "
+                             f"{', '.join(DEFAULT_ENDPOINTS)}")
+        self._partner, self._config = partner, config
+
+    def expand(self, shard_lines):
+        partner, cfg = self._partner, self._config
+        limits = cfg.limits(partner)
+        packed = shard_lines | "Pack" >> beam.ParDo(_Pack(partner, limits)).with_outputs(
+            FAILED, STATS, main="pieces")
+        sent = (packed.pieces
+                | "Batch" >> beam.BatchElements(
+                    min_batch_size=_WEIGHT, max_batch_size=_WEIGHT,
+                    element_size_fn=_weight(limits), record_metrics=False)
+                | "Send" >> beam.ParDo(_Send(partner, cfg)).with_outputs(FAILED, STATS))
+        failed = (packed[FAILED], sent[FAILED]) | "AllFailed" >> beam.Flatten()
+        stats = (packed[STATS], sent[STATS]) | "AllStats" >> beam.Flatten()
+        return {FAILED: failed, STATS: stats}
+
+
+__all__ = ["DeliverToPartner", "DeliveryConfig", "APIS", "DEFAULT_ENDPOINTS",
+           "DEFAULT_MAX_RPS", "FAILED", "TOO_LARGE", "EXHAUSTED", "REJECTED", "UNAUTHORIZED"]
