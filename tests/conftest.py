@@ -10,6 +10,8 @@ os.environ.setdefault("GCE_METADATA_IP", "127.0.0.1:1")    # (the ping google-au
 
 import pytest  # noqa: E402
 
+pytest_plugins = ["tests.fake_partners"]  # fake_partners: imitations of the partner APIs
+
 from schemas.catalogue import load_catalogue  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -94,8 +94,11 @@ class DeliveryConfig:
     backoff: float = 1.0
     max_backoff: float = 60.0
     dry_run: bool = False
+    api_limits: ApiLimits | None = None  # instead of APIS' (tests, a raised limit)
 
     def limits(self, partner: str) -> ApiLimits:
+        if self.api_limits is not None:
+            return self.api_limits
         if partner == "amplitude" and self.amplitude_api == "batch":
             return APIS["amplitude-batch"]
         return APIS[partner]
@@ -228,14 +231,17 @@ class _RateCap:
         self.rps, self._next, self._lock = rps, 0.0, threading.Lock()
 
     def wait(self) -> None:
-        if self.rps <= 0:
-            return
         with self._lock:
             now = time.monotonic()
             at = max(now, self._next)
-            self._next = at + 1.0 / self.rps
+            self._next = at + (1.0 / self.rps if self.rps > 0 else 0.0)
         if at > now:
             time.sleep(at - now)
+
+    def pause(self, seconds: float) -> None:
+        """No request from this process before ``seconds`` from now (Retry-After)."""
+        with self._lock:
+            self._next = max(self._next, time.monotonic() + seconds)
 
 
 class _KeyRate:
@@ -492,8 +498,10 @@ class _Send(beam.DoFn):
                     self._key_rate.record(counts)
                 response = self._client.post(self._url, content=body, headers=headers)
                 if response.status_code == 429 or response.status_code >= 500:
-                    raise _Transient(response.status_code,
-                                     _retry_after(response.headers.get("Retry-After")),
+                    after = _retry_after(response.headers.get("Retry-After"))
+                    if after:  # the whole partner is asked to wait, not this batch alone
+                        self._rate.pause(after)
+                    raise _Transient(response.status_code, after,
                                      self._redact(response.text[:500]))
                 return response.status_code, self._redact(response.text)
         raise AssertionError("unreachable")  # tenacity re-raises the last error
