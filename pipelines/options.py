@@ -256,6 +256,14 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _flag(text: str) -> bool:
+    """A switch that also takes a value (``--deliver_dry_run=true``: Flex Templates)."""
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+    return value in ("true", "1", "yes")
+
+
 def _delivery_options(ap: argparse.ArgumentParser) -> None:
     def add(name: str, **kwargs) -> None:
         dest = name.replace("-", "_")
@@ -265,7 +273,7 @@ def _delivery_options(ap: argparse.ArgumentParser) -> None:
         help="comma-separated partners to send partners/<partner>/ payloads to, through "
              "their bulk ingestion APIs (each also in --partners; default: none). "
              "Payloads they do not take go to delivery_failed/<partner>/")
-    add("deliver-dry-run", action="store_true", default=False,
+    add("deliver-dry-run", nargs="?", const=True, default=False, type=_flag,
         help="with --deliver: build and size-check the requests and check the "
              "credentials, but send nothing; prints the requests and bytes per URL")
     add("amplitude-api", default="http", choices=("http", "batch"),
@@ -275,11 +283,20 @@ def _delivery_options(ap: argparse.ArgumentParser) -> None:
         add(f"{partner}-endpoint", default=DEFAULT_ENDPOINTS[partner],
             help=f"{partner} API base URL, scheme://host[:port], the API path appended "
                  f"(default: {DEFAULT_ENDPOINTS[partner]}; EU hosts in docs/delivery.md)")
+    what = {"amplitude_api_key": "Amplitude project API key",
+            "mixpanel_service_account_username": "Mixpanel service account username",
+            "mixpanel_service_account_secret": "Mixpanel service account secret",
+            "mixpanel_project_id": "Mixpanel project id (with a service account)",
+            "mixpanel_api_secret": "Mixpanel project API secret (instead of a service "
+                                   "account)",
+            "mparticle_api_key": "mParticle input feed key",
+            "mparticle_api_secret": "mParticle input feed secret",
+            "segment_write_key": "Segment source write key"}
     for dest, env in CREDENTIALS.items():
         secret = dest != "mixpanel_project_id"
-        add(dest.replace("_", "-"), default=None,
-            help=f"default: ${env}" + ("; never logged nor written anywhere"
-                                         if secret else ""))
+        add(dest.replace("_", "-"), default=None, metavar="SECRET" if secret else "ID",
+            help=f"{what[dest]} for --deliver (default: ${env})"
+                 + ("; never logged nor written anywhere" if secret else ""))
     add("delivery-max-retries", type=int, default=8,
         help="retries of a request on 429, 5xx, connection errors and timeouts, with "
              "exponential backoff and jitter, never before Retry-After (default: 8)")

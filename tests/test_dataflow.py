@@ -83,7 +83,7 @@ def flex_template_metadata() -> dict:
 def test_flex_template_metadata_is_valid_for_the_dataflow_api():
     from google.cloud.dataflow_v1beta3 import TemplateMetadata
     meta = TemplateMetadata.from_json(json.dumps(flex_template_metadata()))
-    assert meta.name and meta.description and len(meta.parameters) == 8
+    assert meta.name and meta.description and len(meta.parameters) == 30
 
 
 def test_flex_template_parameters_are_the_cli_options():
@@ -110,7 +110,8 @@ def test_flex_template_parameters_reach_the_pipeline_config():
     import re
     values = {"input": "gs://b/in", "output": "gs://b/out", "partners": "segment,mixpanel",
               "mixpanel_token": "t0k", "mparticle_environment": "development", "shards": "3",
-              "batch_size": "500", "max_invalid_ratio": "0.25"}
+              "batch_size": "500", "max_invalid_ratio": "0.25", "deliver": "",
+              "amplitude_api": "batch", "deliver_dry_run": "true"}
     for p in flex_template_metadata()["parameters"]:
         for regex in p.get("regexes", []):
             assert re.fullmatch(regex, values[p["name"]]), p["name"]
@@ -120,6 +121,7 @@ def test_flex_template_parameters_reach_the_pipeline_config():
             cfg.batch_size, cfg.max_invalid_ratio) == (
         "gs://b/in", "gs://b/out", ("segment", "mixpanel"), "development", 3, 500, 0.25)
     assert cfg.partner_config()["mixpanel_token"] == "t0k"
+    assert (cfg.deliver, cfg.amplitude_api, cfg.deliver_dry_run) == ((), "batch", True)
 
 
 def test_dockerfile_uses_the_launcher_image_and_the_pins():
