@@ -128,6 +128,9 @@ class FakePartner:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as the real APIs
+            disable_nagle_algorithm = True  # headers and body not 40 ms apart
+
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
