@@ -86,6 +86,7 @@ class RunConfig(BaseModel):
     delivery_max_retries: int = Field(8, ge=0, le=100)
     delivery_timeout: float = Field(300.0, gt=0)
     delivery_backoff: float = Field(1.0, ge=0)
+    delivery_concurrency: int = Field(4, ge=1, le=64)
     amplitude_max_rps: float = Field(DEFAULT_MAX_RPS["amplitude"], ge=0)
     mixpanel_max_rps: float = Field(DEFAULT_MAX_RPS["mixpanel"], ge=0)
     mparticle_max_rps: float = Field(DEFAULT_MAX_RPS["mparticle"], ge=0)
@@ -167,7 +168,8 @@ class RunConfig(BaseModel):
             amplitude_api=self.amplitude_api, max_retries=self.delivery_max_retries,
             timeout=self.delivery_timeout, backoff=self.delivery_backoff,
             max_backoff=max(self.delivery_backoff, min(60.0, self.delivery_timeout / 4)),
-            max_rps=getattr(self, f"{partner}_max_rps"), dry_run=self.deliver_dry_run)
+            max_rps=getattr(self, f"{partner}_max_rps"), dry_run=self.deliver_dry_run,
+            concurrency=self.delivery_concurrency)
 
     def partner_config(self) -> dict:
         """Settings the partner formatters need (the token is revealed only here)."""
@@ -305,6 +307,8 @@ def _delivery_options(ap: argparse.ArgumentParser) -> None:
              "delivery_failed/ as retries_exhausted (default: 300)")
     add("delivery-backoff", type=float, default=1.0,
         help="seconds of the first retry's backoff, doubling each retry (default: 1)")
+    add("delivery-concurrency", type=int, default=4,
+        help="requests in flight per partner from each worker (default: 4)")
     for partner, rps in DEFAULT_MAX_RPS.items():
         add(f"{partner}-max-rps", type=float, default=rps,
             help=f"most requests per second to {partner} from each worker; 0 for no cap "

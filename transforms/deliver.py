@@ -94,6 +94,7 @@ class DeliveryConfig:
     backoff: float = 1.0
     max_backoff: float = 60.0
     dry_run: bool = False
+    concurrency: int = 4  # requests in flight per DoFn instance
     api_limits: ApiLimits | None = None  # instead of APIS' (tests, a raised limit)
 
     def limits(self, partner: str) -> ApiLimits:
@@ -251,6 +252,15 @@ class _KeyRate:
     def __init__(self, rate: float):
         self.rate = int(rate)
         self._sent: dict[str, deque] = {}
+        self._lock = threading.Lock()
+
+    def reserve(self, counts: Counter) -> float:
+        """Seconds to wait before sending ``counts`` events per id; they are counted
+        as sent at that time (threads reserve one after the other)."""
+        with self._lock:
+            wait = self.wait(counts)
+            self.record(counts, time.monotonic() + wait)
+            return wait
 
     def rounds(self, keys: list[list[str]]) -> list[list[int]]:
         """Indexes of payloads (given by their ids) split so that no id has more than
@@ -287,8 +297,7 @@ class _KeyRate:
                 total -= c
         return wait
 
-    def record(self, counts: Counter) -> None:
-        now = time.monotonic()
+    def record(self, counts: Counter, now: float) -> None:
         if len(self._sent) > 200_000:  # forget ids idle for a second
             self._sent = {k: d for k, d in self._sent.items() if d and d[-1][0] > now - 1.0}
         for key, n in counts.items():
@@ -318,6 +327,15 @@ def _auth(partner: str, credentials: dict) -> tuple[str, str] | None:
     return None  # amplitude: the key is in the body
 
 
+class _Outcome:
+    """One batch's result: counters, failed records, ids of its payloads (Amplitude)."""
+
+    def __init__(self):
+        self.stats: Counter = Counter()
+        self.failed: list[dict] = []
+        self.keys: dict[int, list[str]] = {}
+
+
 class _Send(beam.DoFn):
     """One batch of pieces -> requests, retried, split on rejection; outputs the
     payloads that could not be delivered (``failed``) and the batch's counters."""
@@ -342,80 +360,106 @@ class _Send(beam.DoFn):
                 timeout=httpx.Timeout(min(cfg.timeout, 60.0)),
                 headers={"Content-Type": "application/json",
                          "User-Agent": "braze-currents-beam"})
+        from concurrent.futures import ThreadPoolExecutor
+        self._pool = ThreadPoolExecutor(max(1, cfg.concurrency),
+                                        thread_name_prefix=f"deliver-{partner}")
         ns = "delivery"
         self._metrics = {k: Metrics.counter(ns, f"{partner}/{k}") for k in (
             "delivered", "failed", "requests", "retried_requests", "bytes_sent")}
 
     def teardown(self):
+        if getattr(self, "_pool", None) is not None:
+            self._pool.shutdown(wait=True)
         if getattr(self, "_client", None) is not None:
             self._client.close()
 
+    def start_bundle(self):
+        self._pending: deque = deque()
+
     def process(self, batch: list[tuple[list[bytes], int]]) -> Iterator[Any]:
-        payloads = [p for piece, _ in batch for p in piece]
-        self._stats: Counter = Counter()
-        self._failed: list[dict] = []
-        if self._key_rate is None:
-            self._deliver(payloads)
-        else:  # each id's events in rounds of at most the rate, a second apart
-            keys = [self._key_rate.keys(p) for p in payloads]
-            self._keys = {id(p): k for p, k in zip(payloads, keys)}
-            for indexes in self._key_rate.rounds(keys):
-                self._deliver([payloads[i] for i in indexes])
-        p = self._partner
-        stats = {f"delivery/{p}/{k}": v for k, v in self._stats.items()}
+        """Up to ``concurrency`` batches in flight (threads of this DoFn): the worker
+        formats and packs while requests wait on the network."""
+        self._pending.append(self._pool.submit(self._send_batch, batch))
+        while self._pending and (len(self._pending) > self._config.concurrency
+                                 or self._pending[0].done()):
+            yield from self._emit(self._pending.popleft().result())
+
+    def finish_bundle(self):
+        from apache_beam.transforms.window import GlobalWindows
+        while self._pending:
+            for tagged in self._emit(self._pending.popleft().result()):
+                yield beam.pvalue.TaggedOutput(tagged.tag,
+                                               GlobalWindows.windowed_value(tagged.value))
+
+    def _emit(self, out: "_Outcome") -> Iterator[Any]:
+        """A finished batch's outputs; counters incremented here, in the bundle's thread."""
         for name, counter in self._metrics.items():
-            value = (sum(v for k, v in self._stats.items() if k.startswith("failed/"))
-                     if name == "failed" else self._stats.get(name, 0))
+            value = (sum(v for k, v in out.stats.items() if k.startswith("failed/"))
+                     if name == "failed" else out.stats.get(name, 0))
             if value:
                 counter.inc(value)
-        for record in self._failed:
+        for record in out.failed:
             yield beam.pvalue.TaggedOutput(FAILED, record)
-        yield beam.pvalue.TaggedOutput(STATS, stats)
+        p = self._partner
+        yield beam.pvalue.TaggedOutput(STATS, {f"delivery/{p}/{k}": v
+                                               for k, v in out.stats.items()})
+
+    def _send_batch(self, batch: list[tuple[list[bytes], int]]) -> "_Outcome":
+        out = _Outcome()
+        payloads = [p for piece, _ in batch for p in piece]
+        if self._key_rate is None:
+            self._deliver(out, payloads)
+        else:  # each id's events in rounds of at most the rate, a second apart
+            keys = [self._key_rate.keys(p) for p in payloads]
+            out.keys = {id(p): k for p, k in zip(payloads, keys)}
+            for indexes in self._key_rate.rounds(keys):
+                self._deliver(out, [payloads[i] for i in indexes])
+        return out
 
     # - one request and its outcome -
 
-    def _fail(self, payloads: list[bytes], reason: str, status: int | None, error: str):
+    def _fail(self, out: "_Outcome", payloads: list[bytes], reason: str, status: int | None, error: str):
         error = self._redact(error)
-        self._stats[f"failed/{reason}"] += len(payloads)
-        self._failed += [failure(self._partner, p, reason, status, error) for p in payloads]
+        out.stats[f"failed/{reason}"] += len(payloads)
+        out.failed += [failure(self._partner, p, reason, status, error) for p in payloads]
 
     def _redact(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text[:2000]
 
-    def _deliver(self, payloads: list[bytes]) -> None:
+    def _deliver(self, out: "_Outcome", payloads: list[bytes]) -> None:
         """Send ``payloads`` in one request; split and resend on 413 and rejections."""
         if not payloads:
             return
         try:
-            status, text = self._post(payloads)
+            status, text = self._post(out, payloads)
         except _Transient as exc:
-            return self._fail(payloads, EXHAUSTED, exc.status, str(exc))
+            return self._fail(out, payloads, EXHAUSTED, exc.status, str(exc))
         except Exception as exc:  # httpx transport errors, after the last retry
-            return self._fail(payloads, EXHAUSTED, None,
+            return self._fail(out, payloads, EXHAUSTED, None,
                               f"{type(exc).__name__}: {exc}")
         if status < 300:
-            self._stats["delivered"] += len(payloads)
+            out.stats["delivered"] += len(payloads)
             return
         if status in (401, 403):
-            return self._fail(payloads, UNAUTHORIZED, status, text)
+            return self._fail(out, payloads, UNAUTHORIZED, status, text)
         if status == 413 and len(payloads) == 1:
-            return self._fail(payloads, TOO_LARGE, status, text)
+            return self._fail(out, payloads, TOO_LARGE, status, text)
         bad = self._rejected_by_report(status, text, len(payloads))
         if bad is not None:
             rejected, resend, delivered = bad
             for i, message in rejected.items():
-                self._fail([payloads[i]], REJECTED, status, message)
-            self._stats["delivered"] += delivered
+                self._fail(out, [payloads[i]], REJECTED, status, message)
+            out.stats["delivered"] += delivered
             if resend:
-                self._deliver([payloads[i] for i in resend])
+                self._deliver(out, [payloads[i] for i in resend])
             return
         if len(payloads) == 1:
-            return self._fail(payloads, REJECTED, status, text)
+            return self._fail(out, payloads, REJECTED, status, text)
         half = len(payloads) // 2
-        self._deliver(payloads[:half])
-        self._deliver(payloads[half:])
+        self._deliver(out, payloads[:half])
+        self._deliver(out, payloads[half:])
 
     def _rejected_by_report(self, status: int, text: str, n: int):
         """The API's own per-event report of a 400, if it gave one:
@@ -453,7 +497,7 @@ class _Send(beam.DoFn):
             return rejected, [i for i in range(n) if i not in rejected], 0
         return None
 
-    def _post(self, payloads: list[bytes]) -> tuple[int, str]:
+    def _post(self, out: "_Outcome", payloads: list[bytes]) -> tuple[int, str]:
         """One request, retried on 429, 5xx and transport errors (tenacity: exponential
         backoff with full jitter, never before Retry-After, bounded by max_retries and
         timeout); the final (status, body text)."""
@@ -467,10 +511,10 @@ class _Send(beam.DoFn):
             headers["Content-Encoding"] = "gzip"
         counts = None
         if self._key_rate is not None:
-            counts = Counter(k for p in payloads for k in self._keys[id(p)])
+            counts = Counter(k for p in payloads for k in out.keys[id(p)])
         if cfg.dry_run:
-            self._stats["requests"] += 1
-            self._stats["bytes_sent"] += len(body)
+            out.stats["requests"] += 1
+            out.stats["bytes_sent"] += len(body)
             return 200, ""
         jitter = tenacity.wait_random_exponential(multiplier=cfg.backoff,
                                                   max=cfg.max_backoff)
@@ -488,14 +532,12 @@ class _Send(beam.DoFn):
         for attempt in retrying:
             with attempt:
                 if counts is not None:
-                    time.sleep(self._key_rate.wait(counts))
+                    time.sleep(self._key_rate.reserve(counts))
                 self._rate.wait()
-                self._stats["requests"] += 1
-                self._stats["bytes_sent"] += len(body)
+                out.stats["requests"] += 1
+                out.stats["bytes_sent"] += len(body)
                 if attempt.retry_state.attempt_number > 1:
-                    self._stats["retried_requests"] += 1
-                if counts is not None:
-                    self._key_rate.record(counts)
+                    out.stats["retried_requests"] += 1
                 response = self._client.post(self._url, content=body, headers=headers)
                 if response.status_code == 429 or response.status_code >= 500:
                     after = _retry_after(response.headers.get("Retry-After"))
