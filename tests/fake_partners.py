@@ -134,7 +134,7 @@ class FakePartner:
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
-                status, body, headers = fake.handle(self.path, dict(self.headers), raw)
+                status, body, headers = fake.handle(self.path, self.headers, raw)  # any case
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 for k, v in headers.items():
