@@ -31,7 +31,8 @@ CREDENTIALS = {
     "MPARTICLE_API_SECRET": "mpt-secret-SECRET-7a8b",
     "SEGMENT_WRITE_KEY": "seg-write-SECRET-9c0d",
 }
-SECRETS = tuple(CREDENTIALS.values())
+SERVICE_ACCOUNT = ("sa-user.mp-service-account", "sa-SECRET-4e5f", ["12345"])
+SECRETS = tuple(CREDENTIALS.values()) + (SERVICE_ACCOUNT[1],)
 
 
 @dataclass
@@ -190,8 +191,11 @@ class FakePartner:
         except Exception:
             return False
         if p == "mixpanel":
-            return user == CREDENTIALS["MIXPANEL_API_SECRET"] and query.get(
-                "strict") == ["1"]
+            if query.get("strict") != ["1"]:
+                return False
+            if query.get("project_id"):  # a service account, for that project
+                return (user, password, query["project_id"]) == SERVICE_ACCOUNT
+            return user == CREDENTIALS["MIXPANEL_API_SECRET"]
         if p == "segment":
             return user == CREDENTIALS["SEGMENT_WRITE_KEY"]
         return (user, password) == (CREDENTIALS["MPARTICLE_API_KEY"],
@@ -223,8 +227,12 @@ class FakePartner:
         except ValueError:
             return 400, {"error": "invalid JSON"}, {}
         if not self._auth_ok(parse_qs(url.query), headers, doc):
-            secret = " ".join(self.own_secrets()) if self.echo_credentials else ""
-            return 401, {"error": f"invalid credentials {secret}".strip()}, {}
+            got = headers.get("Authorization", "") if self.partner != "amplitude" else (
+                doc.get("api_key", "") if isinstance(doc, dict) else "")
+            if got.startswith("Basic "):
+                got = base64.b64decode(got[6:]).decode(errors="replace")
+            echo = f" got {got!r}" if self.echo_credentials else ""  # what it was sent
+            return 401, {"error": f"invalid credentials{echo}"}, {}
         events = doc.get("events") if self.partner == "amplitude" else (
             doc.get("batch") if self.partner == "segment" else doc)
         if not isinstance(events, list) or not events:

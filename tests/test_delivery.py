@@ -13,7 +13,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 
 from pipelines.currents_to_partners import run
 from tests.conftest import read_ndjson
-from tests.fake_partners import CREDENTIALS, SECRETS, FakePartner, dedup_key, delivery_args
+from tests.fake_partners import (CREDENTIALS, SECRETS, SERVICE_ACCOUNT, FakePartner,
+                                 dedup_key, delivery_args)
 from transforms.deliver import ApiLimits, DeliverToPartner, DeliveryConfig
 from transforms.testing import make_record, write_export
 
@@ -216,5 +217,65 @@ def test_transform_batches_within_limits_splits_413_and_oversize(tmp_path):
         assert all(r["events"] is None or r["events"] <= 40 for r in fake.requests)
         assert any(r["status"] == 400 for r in fake.requests)  # over 6000 bytes: split
         assert stats["delivery/segment/requests"] == len(fake.requests)
+    finally:
+        fake.stop()
+
+
+def _deliver(partner: str, cfg: DeliveryConfig, payloads: list[bytes], out: Path):
+    """DeliverToPartner alone on ``payloads``: (summed counters, failed records)."""
+    with TestPipeline() as p:
+        result = p | beam.Create([(0, payloads)]) | DeliverToPartner(partner, cfg)
+        stats = result["stats"] | "Sum" >> beam.CombineGlobally(
+            lambda xs: {k: sum(x.get(k, 0) for x in xs) for k in {k for x in xs for k in x}})
+        failed = result["failed"] | beam.combiners.ToList()
+        (stats | beam.Map(lambda s, f: out.write_text(json.dumps([s, f])),
+                          beam.pvalue.AsSingleton(failed)))
+    return json.loads(out.read_text())
+
+
+def mixpanel_payloads(n: int) -> list[bytes]:
+    return [json.dumps({"event": "e", "properties": {
+        "$insert_id": f"i{i:03d}", "distinct_id": "u", "time": 1795508905,
+        "token": "t"}}).encode() for i in range(n)]
+
+
+def test_timeout_bounds_retries_and_unreachable_hosts_fail_cleanly(tmp_path):
+    """--delivery-timeout stops a request's retries; a closed port is retried as a
+    connection error; both end as retries_exhausted, the error without credentials."""
+    fake = FakePartner("mixpanel", down=True).start()
+    try:
+        creds = {"api_secret": CREDENTIALS["MIXPANEL_API_SECRET"]}
+        cfg = DeliveryConfig(fake.url, creds, max_retries=100, timeout=1.5, backoff=0.2)
+        started = time.monotonic()
+        stats, failed = _deliver("mixpanel", cfg, mixpanel_payloads(5), tmp_path / "a.json")
+        assert time.monotonic() - started < 8
+        assert 2 <= len(fake.requests) < 20 and stats["delivery/mixpanel/requests"] == len(
+            fake.requests)
+        assert {(f["reason"], f["status"]) for f in failed} == {("retries_exhausted", 503)}
+    finally:
+        fake.stop()
+    cfg = DeliveryConfig(fake.url, creds, max_retries=2, backoff=0.01)  # nothing listens
+    stats, failed = _deliver("mixpanel", cfg, mixpanel_payloads(3), tmp_path / "b.json")
+    assert stats["delivery/mixpanel/requests"] == 3
+    assert [f["reason"] for f in failed] == ["retries_exhausted"] * 3
+    assert failed[0]["status"] is None and failed[0]["error"]
+    assert not any(s in json.dumps(failed) for s in SECRETS)
+
+
+def test_mixpanel_service_account_and_refused_credentials(tmp_path):
+    fake = FakePartner("mixpanel").start()
+    try:
+        user, secret, (project,) = SERVICE_ACCOUNT
+        cfg = DeliveryConfig(fake.url, {"username": user, "secret": secret,
+                                        "project_id": project})
+        stats, failed = _deliver("mixpanel", cfg, mixpanel_payloads(10), tmp_path / "a.json")
+        assert stats["delivery/mixpanel/delivered"] == 10 and not failed
+        fake.echo_credentials = True
+        cfg = DeliveryConfig(fake.url, {"username": user, "secret": "wrong-SECRET",
+                                        "project_id": project})
+        stats, failed = _deliver("mixpanel", cfg, mixpanel_payloads(10), tmp_path / "b.json")
+        assert [f["reason"] for f in failed] == ["unauthorized"] * 10  # not bisected
+        assert failed[0]["status"] == 401 and len(fake.requests) == 2
+        assert "wrong-SECRET" not in json.dumps(failed) and "***" in failed[0]["error"]
     finally:
         fake.stop()
