@@ -9,6 +9,7 @@ from pathlib import Path
 
 import apache_beam as beam
 import pytest
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from pipelines.currents_to_partners import run
@@ -200,15 +201,19 @@ def test_transform_batches_within_limits_splits_413_and_oversize(tmp_path):
         cfg = DeliveryConfig(fake.url, {"write_key": CREDENTIALS["SEGMENT_WRITE_KEY"]},
                              backoff=0.01, api_limits=limits)
         out = tmp_path / "result.json"
-        with TestPipeline() as p:
-            result = (p | beam.Create([(0, payloads[:150]), (1, payloads[150:] + [big])])
-                      | DeliverToPartner("segment", cfg))
-            stats = result["stats"] | "Sum" >> beam.CombineGlobally(
-                lambda xs: {k: sum(x.get(k, 0) for x in xs)
-                            for k in {k for x in xs for k in x}})
-            failed = result["failed"] | beam.combiners.ToList()
-            (stats | beam.Map(lambda s, f: out.write_text(json.dumps([s, f])),
-                              beam.pvalue.AsSingleton(failed)))
+        p = TestPipeline()
+        result = (p | beam.Create([(0, payloads[:150]), (1, payloads[150:] + [big])])
+                  | DeliverToPartner("segment", cfg))
+        stats = result["stats"] | "Sum" >> beam.CombineGlobally(
+            lambda xs: {k: sum(x.get(k, 0) for x in xs)
+                        for k in {k for x in xs for k in x}})
+        failed = result["failed"] | beam.combiners.ToList()
+        (stats | beam.Map(lambda s, f: out.write_text(json.dumps([s, f])),
+                          beam.pvalue.AsSingleton(failed)))
+        run_result = p.run()
+        run_result.wait_until_finish()
+        counters = {c.key.metric.name: c.committed for c in run_result.metrics().query(
+            MetricsFilter().with_namespace("delivery"))["counters"]}
         stats, failed = json.loads(out.read_text())
         assert fake.received == {f"m{i:03d}": 1 for i in range(300)}
         assert [(f["id"], f["reason"]) for f in failed] == [
@@ -217,6 +222,9 @@ def test_transform_batches_within_limits_splits_413_and_oversize(tmp_path):
         assert all(r["events"] is None or r["events"] <= 40 for r in fake.requests)
         assert any(r["status"] == 400 for r in fake.requests)  # over 6000 bytes: split
         assert stats["delivery/segment/requests"] == len(fake.requests)
+        assert counters["segment/delivered"] == 300 and counters["segment/failed"] == 1
+        assert counters["segment/requests"] == len(fake.requests)
+        assert counters["segment/failed/payload_too_large_for_partner"] == 1
     finally:
         fake.stop()
 

@@ -176,6 +176,8 @@ class _Pack(beam.DoFn):
         if piece:
             yield piece, size
         if too_large:
+            for name in ("failed", f"failed/{TOO_LARGE}"):
+                Metrics.counter("delivery", f"{self._partner}/{name}").inc(too_large)
             yield beam.pvalue.TaggedOutput(
                 STATS, {f"delivery/{self._partner}/failed/{TOO_LARGE}": too_large})
 
@@ -399,6 +401,9 @@ class _Send(beam.DoFn):
                      if name == "failed" else out.stats.get(name, 0))
             if value:
                 counter.inc(value)
+        for key, value in out.stats.items():
+            if key.startswith("failed/"):  # failed/<reason>
+                Metrics.counter("delivery", f"{self._partner}/{key}").inc(value)
         for record in out.failed:
             yield beam.pvalue.TaggedOutput(FAILED, record)
         p = self._partner
