@@ -287,3 +287,21 @@ def test_mixpanel_service_account_and_refused_credentials(tmp_path):
         assert "wrong-SECRET" not in json.dumps(failed) and "***" in failed[0]["error"]
     finally:
         fake.stop()
+
+
+def test_amplitude_batch_api(tmp_path):
+    """--amplitude-api batch: POST /batch, same body, gzip; its 1,000 events/s per id."""
+    fake = FakePartner("amplitude", api="batch").start()
+    try:
+        payloads = [json.dumps({"event_type": "e", "user_id": f"user-{i % 2}",
+                                "insert_id": f"i{i:04d}", "time": 1}).encode()
+                    for i in range(3000)]
+        cfg = DeliveryConfig(fake.url, {"api_key": CREDENTIALS["AMPLITUDE_API_KEY"]},
+                             amplitude_api="batch")
+        stats, failed = _deliver("amplitude", cfg, payloads, tmp_path / "a.json")
+        assert not failed and fake.received == {f"i{i:04d}": 1 for i in range(3000)}
+        assert fake.key_violations == 0 and all(r["status"] == 200 for r in fake.requests)
+        at = [r["at"] for r in fake.requests]  # 1,500 events per id: over a second
+        assert len(at) >= 2 and at[-1] - at[0] >= 0.95
+    finally:
+        fake.stop()

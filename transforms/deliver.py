@@ -30,6 +30,7 @@ import time
 from collections import Counter, deque
 from itertools import chain
 from typing import Any, Iterator
+from urllib.parse import quote
 
 import apache_beam as beam
 import orjson
@@ -111,7 +112,7 @@ class DeliveryConfig:
         if partner == "mixpanel":
             url += "?strict=1"
             if self.credentials.get("project_id"):
-                url += f"&project_id={self.credentials['project_id']}"
+                url += "&project_id=" + quote(str(self.credentials["project_id"]), safe="")
         return url
 
     def secrets(self) -> list[str]:
