@@ -553,7 +553,7 @@ class _Send(beam.DoFn):
                 if response.status == 429 or response.status >= 500:
                     after = _retry_after(response.headers.get("Retry-After"))
                     if after:  # the whole partner is asked to wait, not this batch alone
-                        self._rate.pause(after)
+                        self._rate.pause(min(after, cfg.timeout))
                     raise _Transient(response.status, after, self._redact(text[:500]))
                 return response.status, self._redact(text)
         raise AssertionError("unreachable")  # tenacity re-raises the last error
