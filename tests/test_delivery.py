@@ -305,3 +305,21 @@ def test_amplitude_batch_api(tmp_path):
         assert len(at) >= 2 and at[-1] - at[0] >= 0.95
     finally:
         fake.stop()
+
+
+def test_delivery_benchmark_runs(tmp_path):
+    """bench/deliver.py end to end, tiny, so it never rots (timings are not asserted)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    result_file = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.deliver", "--events", "3000", "--data",
+         str(tmp_path / "export"), "--json", str(result_file), "--skip-baseline"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(result_file.read_text())
+    assert set(result["results"]) == {"e"} and result["delivered"] > 3000
+    assert result["delivered_per_s"] > 0 and "received" in done.stdout
+    assert not any(s in done.stdout + done.stderr for s in SECRETS)
