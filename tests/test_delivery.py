@@ -13,6 +13,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from pipelines.currents_to_partners import run
+from pipelines.options import bundled_sample
 from tests.conftest import read_ndjson
 from tests.fake_partners import (CREDENTIALS, SECRETS, SERVICE_ACCOUNT, FakePartner,
                                  dedup_key, delivery_args)
@@ -308,18 +309,19 @@ def test_amplitude_batch_api(tmp_path):
 
 
 def test_delivery_benchmark_runs(tmp_path):
-    """bench/deliver.py end to end, tiny, so it never rots (timings are not asserted)."""
+    """bench/deliver.py end to end on the bundled sample, so it never rots (timings are
+    not asserted)."""
     import subprocess
     import sys
 
     from tests.conftest import REPO
     result_file = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, "-m", "bench.deliver", "--events", "3000", "--data",
-         str(tmp_path / "export"), "--json", str(result_file), "--skip-baseline"],
+        [sys.executable, "-m", "bench.deliver", "--data", bundled_sample(), "--json",
+         str(result_file), "--skip-baseline"],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads(result_file.read_text())
-    assert set(result["results"]) == {"e"} and result["delivered"] > 3000
+    assert set(result["results"]) == {"e"} and result["delivered"] > 1000
     assert result["delivered_per_s"] > 0 and "received" in done.stdout
     assert not any(s in done.stdout + done.stderr for s in SECRETS)
