@@ -276,6 +276,7 @@ def _delivery_options(ap: argparse.ArgumentParser) -> None:
              "their bulk ingestion APIs (each also in --partners; default: none). "
              "Payloads they do not take go to delivery_failed/<partner>/")
     add("deliver-dry-run", nargs="?", const=True, default=False, type=_flag,
+        metavar="true|false",
         help="with --deliver: build and size-check the requests and check the "
              "credentials, but send nothing; prints the requests and bytes per URL")
     add("amplitude-api", default="http", choices=("http", "batch"),
