@@ -380,23 +380,26 @@ class _Send(beam.DoFn):
     def start_bundle(self):
         self._pending: deque = deque()
 
-    def process(self, batch: list[tuple[list[bytes], int]]) -> Iterator[Any]:
+    def process(self, batch: list[tuple[list[bytes], int]],
+                window=beam.DoFn.WindowParam,
+                timestamp=beam.DoFn.TimestampParam) -> Iterator[Any]:
         """Up to ``concurrency`` batches in flight (threads of this DoFn): the worker
-        formats and packs while requests wait on the network."""
-        self._pending.append(self._pool.submit(self._send_batch, batch))
+        formats and packs while requests wait on the network. A batch's outputs keep
+        its own window, whenever they are emitted."""
+        self._pending.append((self._pool.submit(self._send_batch, batch), window, timestamp))
         while self._pending and (len(self._pending) > self._config.concurrency
-                                 or self._pending[0].done()):
-            yield from self._emit(self._pending.popleft().result())
+                                 or self._pending[0][0].done()):
+            yield from self._emit(*self._pending.popleft())
 
     def finish_bundle(self):
-        from apache_beam.transforms.window import GlobalWindows
         while self._pending:
-            for tagged in self._emit(self._pending.popleft().result()):
-                yield beam.pvalue.TaggedOutput(tagged.tag,
-                                               GlobalWindows.windowed_value(tagged.value))
+            yield from self._emit(*self._pending.popleft())
 
-    def _emit(self, out: "_Outcome") -> Iterator[Any]:
-        """A finished batch's outputs; counters incremented here, in the bundle's thread."""
+    def _emit(self, future, window, timestamp) -> Iterator[Any]:
+        """A finished batch's outputs, in its window; counters incremented here, in the
+        bundle's thread."""
+        from apache_beam.utils.windowed_value import WindowedValue
+        out: _Outcome = future.result()
         for name, counter in self._metrics.items():
             value = (sum(v for k, v in out.stats.items() if k.startswith("failed/"))
                      if name == "failed" else out.stats.get(name, 0))
@@ -406,10 +409,10 @@ class _Send(beam.DoFn):
             if key.startswith("failed/"):  # failed/<reason>
                 Metrics.counter("delivery", f"{self._partner}/{key}").inc(value)
         for record in out.failed:
-            yield beam.pvalue.TaggedOutput(FAILED, record)
+            yield beam.pvalue.TaggedOutput(FAILED, WindowedValue(record, timestamp, [window]))
         p = self._partner
-        yield beam.pvalue.TaggedOutput(STATS, {f"delivery/{p}/{k}": v
-                                               for k, v in out.stats.items()})
+        stats = {f"delivery/{p}/{k}": v for k, v in out.stats.items()}
+        yield beam.pvalue.TaggedOutput(STATS, WindowedValue(stats, timestamp, [window]))
 
     def _send_batch(self, batch: list[tuple[list[bytes], int]]) -> "_Outcome":
         out = _Outcome()
