@@ -39,6 +39,10 @@ setup(
         # reads Avro files into columns ~4x faster than fastavro builds dicts
         "polars>=1.30",
         "zstandard>=0.22",
+        # delivery to the partners' APIs (transforms/deliver.py): HTTP connection pool,
+        # retries with backoff (stop_before_delay: tenacity 8.3)
+        "urllib3>=2",
+        "tenacity>=8.3",
     ],
     extras_require={
         # s3:// and azfs:// through Beam's own filesystems (docs/storage.md); extras, so

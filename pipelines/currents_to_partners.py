@@ -46,15 +46,18 @@ from pipelines.storage import StorageError, prepare_storage
 from pipelines.worker_template import WorkerTemplate
 from transforms import (DeduplicateEvents, FormatForPartners, ReadCurrentsExport,
                         ValidateEvents)
+from transforms.deliver import FAILED, DeliverToPartner
 from transforms.fanout import skipped_tag
 from transforms.mapping import validate_overrides
 from transforms.partners import PARTNERS
 from transforms.read import export_size
 from transforms.sinks import SUMMARY, TEMPORARY, CommitOutputs, ShardRecords, WriteShards
 from transforms.summary import MergeStats, build_summary, file_stats, render_table
+from transforms.types import STATS
 
 OUTPUT_FOLDERS = ("events", "dead_letter", "duplicates", "file_errors") + tuple(
-    f"partners/{p}{sub}" for p in PARTNERS for sub in ("", "/_skipped"))
+    f"partners/{p}{sub}" for p in PARTNERS for sub in ("", "/_skipped")) + tuple(
+    f"delivery_failed/{p}" for p in PARTNERS)
 
 
 def input_root(path: str) -> str:
@@ -107,12 +110,24 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
                 temp_dir, f"partners/{partner}", n),
             formatted[skipped_tag(partner)] | f"WriteSkipped[{partner}]" >> WriteShards(
                 temp_dir, f"partners/{partner}/_skipped", n)]
+    for partner in cfg.deliver:  # exactly the payloads written to partners/<partner>/
+        delivery = formatted[partner] | f"Deliver[{partner}]" >> DeliverToPartner(
+            partner, cfg.delivery_config(partner))
+        stats.append(delivery[STATS])
+        written.append(
+            delivery[FAILED]
+            | f"ShardDeliveryFailed[{partner}]" >> ShardRecords(
+                n, shard_key=lambda f: str(f["id"]),
+                sort_key=lambda f: (str(f["id"]), f["reason"]))
+            | f"WriteDeliveryFailed[{partner}]" >> WriteShards(
+                temp_dir, f"delivery_failed/{partner}", n))
 
     written = written | "AllWritten" >> beam.Flatten()
     stats = stats | "AllStats" >> beam.Flatten() | "MergeStats" >> beam.CombineGlobally(
         MergeStats())
 
-    make_summary = functools.partial(build_summary, partners=cfg.partners, shards=n)
+    make_summary = functools.partial(build_summary, partners=cfg.partners, shards=n,
+                                     deliver=cfg.deliver, dry_run=cfg.deliver_dry_run)
     return p | "CommitOutputs" >> CommitOutputs(
         cfg.output, temp_dir, OUTPUT_FOLDERS, written, stats, make_summary)
 
@@ -343,7 +358,35 @@ def _run(argv: list[str] | None, template: Any) -> int:
                      f"{cfg.max_invalid_ratio}", 1)
     if not summary["conservation_ok"]:
         return _fail("conservation check failed: rows_read != valid + invalid + duplicates", 1)
-    return 0
+    return _check_delivery(cfg, summary)
+
+
+def _check_delivery(cfg: RunConfig, summary: dict) -> int:
+    """Every payload written for a delivered partner is delivered or in
+    delivery_failed/ (else exit 1); events left undelivered by retries or refused
+    credentials also fail the run (a rerun can deliver them: dedup keys make it safe)."""
+    code = 0
+    for partner in cfg.deliver:
+        d = summary["delivery"][partner]
+        if cfg.deliver_dry_run:
+            print(f"dry run: {partner}: {d['requests']} requests, {d['bytes_sent']} bytes "
+                  f"would go to {cfg.delivery_config(partner).url(partner)}")
+        if not d["accounted"]:
+            code = _fail(f"delivery accounting broken for {partner}: delivered "
+                         f"{d['delivered']} + failed {d['failed']} != written "
+                         f"{summary['partners'][partner]['written']}", 1)
+            continue
+        if d["failed"]:
+            reasons = ", ".join(f"{r} {k}" for r, k in d["failed_reasons"].items())
+            print(f"{partner}: {d['failed']} events not delivered ({reasons}); see "
+                  f"delivery_failed/{partner}/", file=sys.stderr)
+        undelivered = sum(d["failed_reasons"].get(r, 0)
+                          for r in ("retries_exhausted", "unauthorized"))
+        if undelivered:
+            code = _fail(f"{undelivered} events not delivered to {partner} "
+                         "(retries exhausted or credentials refused); rerun to resend "
+                         "(the partner deduplicates by event id)", 1)
+    return code
 
 
 def main() -> None:

@@ -11,8 +11,21 @@ from typing import Literal
 from apache_beam.options.pipeline_options import PipelineOptions
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from transforms.deliver import DEFAULT_ENDPOINTS, DEFAULT_MAX_RPS, DeliveryConfig
 from transforms.identities import PARTNERS
 from transforms.read import BATCH_SIZE
+
+# delivery credentials: option dest -> environment variable (the option wins)
+CREDENTIALS = {
+    "amplitude_api_key": "AMPLITUDE_API_KEY",
+    "mixpanel_service_account_username": "MIXPANEL_SERVICE_ACCOUNT_USERNAME",
+    "mixpanel_service_account_secret": "MIXPANEL_SERVICE_ACCOUNT_SECRET",
+    "mixpanel_project_id": "MIXPANEL_PROJECT_ID",
+    "mixpanel_api_secret": "MIXPANEL_API_SECRET",
+    "mparticle_api_key": "MPARTICLE_API_KEY",
+    "mparticle_api_secret": "MPARTICLE_API_SECRET",
+    "segment_write_key": "SEGMENT_WRITE_KEY",
+}
 
 
 def bundled_sample() -> str:
@@ -59,6 +72,30 @@ class RunConfig(BaseModel):
     forward_new_fields: bool = False
     strict: bool = False
     explain_mapping: str | None = None
+    # delivery to the partners' APIs (transforms.deliver, docs/delivery.md)
+    deliver: tuple[str, ...] = ()
+    deliver_dry_run: bool = False
+    amplitude_api: Literal["http", "batch"] = "http"
+    amplitude_endpoint: str = DEFAULT_ENDPOINTS["amplitude"]
+    mixpanel_endpoint: str = DEFAULT_ENDPOINTS["mixpanel"]
+    mparticle_endpoint: str = DEFAULT_ENDPOINTS["mparticle"]
+    segment_endpoint: str = DEFAULT_ENDPOINTS["segment"]
+    amplitude_api_key: SecretStr | None = None
+    mixpanel_service_account_username: SecretStr | None = None
+    mixpanel_service_account_secret: SecretStr | None = None
+    mixpanel_project_id: str | None = None
+    mixpanel_api_secret: SecretStr | None = None
+    mparticle_api_key: SecretStr | None = None
+    mparticle_api_secret: SecretStr | None = None
+    segment_write_key: SecretStr | None = None
+    delivery_max_retries: int = Field(8, ge=0, le=100)
+    delivery_timeout: float = Field(300.0, gt=0)
+    delivery_backoff: float = Field(1.0, ge=0)
+    delivery_concurrency: int = Field(4, ge=1, le=64)
+    amplitude_max_rps: float = Field(DEFAULT_MAX_RPS["amplitude"], ge=0)
+    mixpanel_max_rps: float = Field(DEFAULT_MAX_RPS["mixpanel"], ge=0)
+    mparticle_max_rps: float = Field(DEFAULT_MAX_RPS["mparticle"], ge=0)
+    segment_max_rps: float = Field(DEFAULT_MAX_RPS["segment"], ge=0)
 
     @model_validator(mode="after")
     def _partner_settings(self):
@@ -66,7 +103,78 @@ class RunConfig(BaseModel):
                 self.mixpanel_token and self.mixpanel_token.get_secret_value()):
             raise ValueError("Mixpanel needs a project token: pass --mixpanel-token or set "
                              "MIXPANEL_TOKEN (or leave mixpanel out of --partners)")
+        not_formatted = [p for p in self.deliver if p not in self.partners]
+        if not_formatted:
+            raise ValueError(f"--deliver {','.join(not_formatted)}: not in --partners "
+                             f"({','.join(self.partners) or 'none'})")
+        missing = [m for p in self.deliver for m in [self._missing_credentials(p)] if m]
+        if missing:
+            raise ValueError("missing credentials: " + "; ".join(missing))
         return self
+
+    def _secret(self, name: str) -> str:
+        value = getattr(self, name)
+        return value.get_secret_value() if isinstance(value, SecretStr) else (value or "")
+
+    def _missing_credentials(self, partner: str) -> str | None:
+        """What ``partner`` lacks to be delivered to, as one phrase, or None."""
+        def need(*names: str) -> list[str]:
+            return [n for n in names if not self._secret(n)]
+
+        def say(names: list[str]) -> str:
+            return " and ".join(f"{CREDENTIALS[n]} (--{n.replace('_', '-')})" for n in names)
+
+        if partner == "mixpanel":
+            account = need("mixpanel_service_account_username",
+                           "mixpanel_service_account_secret", "mixpanel_project_id")
+            if not account or not need("mixpanel_api_secret"):
+                return None
+            return (f"mixpanel needs a service account, {say(account)}, "
+                    f"or the project's {say(['mixpanel_api_secret'])}")
+        names = {"amplitude": ("amplitude_api_key",),
+                 "mparticle": ("mparticle_api_key", "mparticle_api_secret"),
+                 "segment": ("segment_write_key",)}[partner]
+        lacking = need(*names)
+        return f"{partner} needs {say(lacking)}" if lacking else None
+
+    @field_validator("amplitude_endpoint", "mixpanel_endpoint", "mparticle_endpoint",
+                     "segment_endpoint")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+        parts = urlsplit(value)
+        try:
+            parts.port
+        except ValueError:
+            raise ValueError(f"{value!r}: bad port") from None
+        if (parts.scheme not in ("http", "https") or not parts.hostname
+                or parts.path not in ("", "/") or parts.query or parts.fragment
+                or parts.username or parts.password):
+            raise ValueError(f"{value!r} is not a base URL: scheme, host and optional port "
+                             "only (https://api.example.com:8443); the API path is appended")
+        return value.rstrip("/")
+
+    def delivery_config(self, partner: str) -> DeliveryConfig:
+        """How to deliver to ``partner`` (its credentials revealed only here)."""
+        credentials = {
+            "amplitude": {"api_key": self._secret("amplitude_api_key")},
+            "mixpanel": (
+                {"username": self._secret("mixpanel_service_account_username"),
+                 "secret": self._secret("mixpanel_service_account_secret"),
+                 "project_id": self._secret("mixpanel_project_id")}
+                if self._secret("mixpanel_service_account_username")
+                else {"api_secret": self._secret("mixpanel_api_secret")}),
+            "mparticle": {"api_key": self._secret("mparticle_api_key"),
+                          "api_secret": self._secret("mparticle_api_secret")},
+            "segment": {"write_key": self._secret("segment_write_key")},
+        }[partner]
+        return DeliveryConfig(
+            endpoint=getattr(self, f"{partner}_endpoint"), credentials=credentials,
+            amplitude_api=self.amplitude_api, max_retries=self.delivery_max_retries,
+            timeout=self.delivery_timeout, backoff=self.delivery_backoff,
+            max_backoff=max(self.delivery_backoff, min(60.0, self.delivery_timeout / 4)),
+            max_rps=getattr(self, f"{partner}_max_rps"), dry_run=self.deliver_dry_run,
+            concurrency=self.delivery_concurrency)
 
     def partner_config(self) -> dict:
         """Settings the partner formatters need (the token is revealed only here)."""
@@ -79,7 +187,7 @@ class RunConfig(BaseModel):
             object.__setattr__(self, "overrides", load_overrides(self.mapping_overrides))
         return self
 
-    @field_validator("partners", mode="before")
+    @field_validator("partners", "deliver", mode="before")
     @classmethod
     def _split(cls, value):
         if isinstance(value, str):
@@ -141,9 +249,17 @@ Outputs under --output:
   file_errors/   files that could not be read (fully or partly), with the reason
   partners/<p>/  one payload per line for partner p, in its ingestion API's format
   partners/<p>/_skipped/  events not sent to p: {event_type, id, reason}
+  delivery_failed/<p>/  with --deliver: payloads p did not take:
+                 {reason, event_type, id, status, error, payload}
   summary.json   counts; written last, it marks a complete run
 
-Exit codes: 0 success; 1 run failed or --max-invalid-ratio exceeded; 2 bad options/input.
+Delivery credentials (with --deliver; options of the same names override them):
+  AMPLITUDE_API_KEY; MIXPANEL_SERVICE_ACCOUNT_USERNAME, MIXPANEL_SERVICE_ACCOUNT_SECRET
+  and MIXPANEL_PROJECT_ID, or MIXPANEL_API_SECRET; MPARTICLE_API_KEY and
+  MPARTICLE_API_SECRET; SEGMENT_WRITE_KEY. See docs/delivery.md.
+
+Exit codes: 0 success; 1 run failed, --max-invalid-ratio exceeded or events not
+delivered (retries exhausted, credentials refused); 2 bad options/input.
 """
 
 
@@ -205,13 +321,77 @@ def parser() -> argparse.ArgumentParser:
                     type=float, default=None,
                     help="fail the run (exit 1, after writing everything) when "
                          "invalid/rows_read exceeds this ratio (default: off)")
+    _delivery_options(ap)
     return ap
+
+
+def _flag(text: str) -> bool:
+    """A switch that also takes a value (``--deliver_dry_run=true``: Flex Templates)."""
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+    return value in ("true", "1", "yes")
+
+
+def _delivery_options(ap: argparse.ArgumentParser) -> None:
+    def add(name: str, **kwargs) -> None:
+        dest = name.replace("-", "_")
+        ap.add_argument(f"--{name}", f"--{dest}", dest=dest, **kwargs)
+
+    add("deliver", default="",
+        help="comma-separated partners to send partners/<partner>/ payloads to, through "
+             "their bulk ingestion APIs (each also in --partners; default: none). "
+             "Payloads they do not take go to delivery_failed/<partner>/")
+    add("deliver-dry-run", nargs="?", const=True, default=False, type=_flag,
+        metavar="true|false",
+        help="with --deliver: build and size-check the requests and check the "
+             "credentials, but send nothing; prints the requests and bytes per URL")
+    add("amplitude-api", default="http", choices=("http", "batch"),
+        help="Amplitude API: http = HTTP V2 POST /2/httpapi (30 events/s per user or "
+             "device), batch = Batch Event Upload POST /batch (default: http)")
+    for partner in DEFAULT_ENDPOINTS:
+        add(f"{partner}-endpoint", default=DEFAULT_ENDPOINTS[partner],
+            help=f"{partner} API base URL, scheme://host[:port], the API path appended "
+                 f"(default: {DEFAULT_ENDPOINTS[partner]}; EU hosts in docs/delivery.md)")
+    what = {"amplitude_api_key": "Amplitude project API key",
+            "mixpanel_service_account_username": "Mixpanel service account username",
+            "mixpanel_service_account_secret": "Mixpanel service account secret",
+            "mixpanel_project_id": "Mixpanel project id (with a service account)",
+            "mixpanel_api_secret": "Mixpanel project API secret (instead of a service "
+                                   "account)",
+            "mparticle_api_key": "mParticle input feed key",
+            "mparticle_api_secret": "mParticle input feed secret",
+            "segment_write_key": "Segment source write key"}
+    for dest, env in CREDENTIALS.items():
+        secret = dest != "mixpanel_project_id"
+        add(dest.replace("_", "-"), default=None, metavar="SECRET" if secret else "ID",
+            help=f"{what[dest]} for --deliver (default: ${env})"
+                 + ("; never logged nor written anywhere" if secret else ""))
+    add("delivery-max-retries", type=int, default=8,
+        help="retries of a request on 429, 5xx, connection errors and timeouts, with "
+             "exponential backoff and jitter, never before Retry-After (default: 8)")
+    add("delivery-timeout", type=float, default=300.0,
+        help="seconds one request (with its retries) may take before its events go to "
+             "delivery_failed/ as retries_exhausted (default: 300)")
+    add("delivery-backoff", type=float, default=1.0,
+        help="seconds of the first retry's backoff, doubling each retry (default: 1)")
+    add("delivery-concurrency", type=int, default=4,
+        help="requests in flight per partner from each worker (default: 4)")
+    for partner, rps in DEFAULT_MAX_RPS.items():
+        add(f"{partner}-max-rps", type=float, default=rps,
+            help=f"most requests per second to {partner} from each worker; 0 for no cap "
+                 f"(default: {rps:g})")
 
 
 def parse(argv: list[str] | None) -> tuple[RunConfig, list[str]]:
     """Our options as a RunConfig, and the arguments left for Beam."""
     args, beam_args = parser().parse_known_args(argv)
     values = vars(args)
+    for dest, env in CREDENTIALS.items():
+        if values[dest] is None and os.environ.get(env):
+            values[dest] = os.environ[env]
+        if values[dest] is not None and dest != "mixpanel_project_id":
+            values[dest] = SecretStr(values[dest])  # masked in any error's repr
     if values["input"] is None:
         values["input"] = bundled_sample()
         values["output"] = values["output"] or os.path.join(os.getcwd(), "output")

@@ -10,9 +10,11 @@ os.environ.setdefault("GCE_METADATA_IP", "127.0.0.1:1")    # (the ping google-au
 
 import pytest  # noqa: E402
 
+
 from schemas.catalogue import load_catalogue  # noqa: E402
 
-pytest_plugins = ["tests.fixtures_storage"]  # S3 and Azure emulators
+# S3 and Azure emulators; imitations of the partner APIs
+pytest_plugins = ["tests.fixtures_storage", "tests.fake_partners"]
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = REPO.parent / "shared" / "seeds"

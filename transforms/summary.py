@@ -45,7 +45,8 @@ def _group(stats: dict, prefix: str) -> dict[str, int]:
     return {k[len(prefix):]: v for k, v in sorted(stats.items()) if k.startswith(prefix)}
 
 
-def build_summary(stats: dict, partners: Iterable[str] = (), **extra: Any) -> dict:
+def build_summary(stats: dict, partners: Iterable[str] = (), deliver: Iterable[str] = (),
+                  dry_run: bool = False, **extra: Any) -> dict:
     """The summary.json document from merged counters."""
     rows_read = stats.get("rows_read", 0)
     valid, invalid = stats.get("valid", 0), stats.get("invalid", 0)
@@ -81,8 +82,26 @@ def build_summary(stats: dict, partners: Iterable[str] = (), **extra: Any) -> di
             "property_collisions": stats.get(f"partners/{partner}/property_collisions", 0),
             "new_fields_held_back": _group(stats, f"partners/{partner}/new_fields_held_back/"),
         }
+    if deliver:
+        summary["delivery"] = {p: delivery_summary(stats, p, dry_run) for p in deliver}
+        for p, d in summary["delivery"].items():
+            d["accounted"] = (d["delivered"] + d["failed"]
+                              == summary["partners"].get(p, {}).get("written"))
     summary.update(extra)
     return summary
+
+
+def delivery_summary(stats: dict, partner: str, dry_run: bool = False) -> dict:
+    """``delivery.<partner>``: delivered + failed = payloads written for it (checked by
+    the caller, as ``accounted``). In a dry run "delivered" counts what would be sent."""
+    failed = _group(stats, f"delivery/{partner}/failed/")
+    d = {"delivered": stats.get(f"delivery/{partner}/delivered", 0),
+         "failed": sum(failed.values()), "failed_reasons": failed}
+    for key in ("requests", "retried_requests", "bytes_sent"):
+        d[key] = stats.get(f"delivery/{partner}/{key}", 0)
+    if dry_run:
+        d["dry_run"] = True
+    return d
 
 
 def render_table(summary: dict) -> str:
@@ -115,6 +134,14 @@ def render_table(summary: dict) -> str:
             rows.append((f"  {partner} property collisions", p["property_collisions"]))
         for field, n in p.get("new_fields_held_back", {}).items():
             rows.append((f"  {partner} held back: {field}", n))
+    for partner, d in summary.get("delivery", {}).items():
+        rows.append((f"{partner}: delivered / failed" + (" (dry run)" if d.get("dry_run")
+                                                         else ""),
+                     f"{d['delivered']} / {d['failed']}"))
+        rows.append((f"  {partner} requests (retried)",
+                     f"{d['requests']} ({d['retried_requests']})"))
+        for reason, n in d["failed_reasons"].items():
+            rows.append((f"  {partner} failed: {reason}", n))
     width = max(len(k) for k, _ in rows)
     lines = ["Run summary", "-" * (width + 12)]
     lines += [f"{k.ljust(width)}  {v:>11}" for k, v in rows]
