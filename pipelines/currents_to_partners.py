@@ -42,6 +42,7 @@ from pydantic import ValidationError
 
 from pipelines.gcs import emulator_args
 from pipelines.options import BeamOptions, RunConfig, parse
+from pipelines.state import LockHeld, Plan, State, new_run_id, run_summary
 from pipelines.storage import StorageError, prepare_storage
 from pipelines.worker_template import WorkerTemplate
 from transforms import (DeduplicateEvents, FormatForPartners, ReadCurrentsExport,
@@ -51,6 +52,7 @@ from transforms.fanout import skipped_tag
 from transforms.mapping import validate_overrides
 from transforms.partners import PARTNERS
 from transforms.read import export_size
+from transforms.seen import SEEN_NEW
 from transforms.sinks import SUMMARY, TEMPORARY, CommitOutputs, ShardRecords, WriteShards
 from transforms.summary import MergeStats, build_summary, file_stats, render_table
 from transforms.types import STATS
@@ -70,25 +72,31 @@ def input_root(path: str) -> str:
 
 
 def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
-          spill_dir: str | None = None) -> beam.PCollection:
+          spill_dir: str | None = None, plan: Plan | None = None) -> beam.PCollection:
     """Compose the pipeline on ``p``; returns the single-element summary PCollection.
 
     ``cfg.shards`` None means ``MIN_SHARDS`` here; ``run`` sizes it from the input first.
     ``spill_dir``: where dedup puts its shuffle values (see DeduplicateEvents); ``run``
     gives a local temporary folder on a local runner, which would otherwise hold them all
-    in its own memory.
+    in its own memory. ``plan``: an incremental run's files and seen store
+    (``pipelines.state``, with ``--state``).
     """
     n = cfg.shards or MIN_SHARDS
     read = p | "ReadCurrentsExport" >> ReadCurrentsExport(
-        cfg.input, cfg.batch_size, as_frames=True)
+        cfg.input, cfg.batch_size, as_frames=True, files=plan and plan.new_files)
     checked = read.rows | "ValidateEvents" >> ValidateEvents(strict=cfg.strict)
-    unique = checked.valid | "DeduplicateEvents" >> DeduplicateEvents(n, spill_dir)
+    seen = plan and plan.seen_store(cfg.dedup_window)
+    unique = checked.valid | "DeduplicateEvents" >> DeduplicateEvents(n, spill_dir, seen)
+    file_reports = read.files
+    if plan:  # files changed since a run processed them: reported, not read
+        file_reports = (read.files, p | "ChangedFiles" >> beam.Create(plan.changed)
+                        ) | "AllFileReports" >> beam.Flatten()
 
     root = input_root(cfg.input)  # shard by the path within the export, not its location
     dead_letter = checked.dead_letter | "ShardDeadLetter" >> ShardRecords(
         n, shard_key=lambda d: f"{d['source'].removeprefix(root)}\x00{d['row']}",
         sort_key=lambda d: (d["source"], d["row"]))
-    file_errors = (read.files
+    file_errors = (file_reports
                    | "OnlyFileErrors" >> beam.Filter(lambda f: f["reason"] is not None)
                    | "ShardFileErrors" >> ShardRecords(1, shard_key=lambda f: "",
                                                        sort_key=lambda f: f["source"]))
@@ -99,6 +107,10 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
         file_errors | "WriteFileErrors" >> WriteShards(temp_dir, "file_errors", 1),
     ]
     stats = [checked.stats, unique.stats, read.files | "FileStats" >> beam.Map(file_stats)]
+    if plan:  # the seen store's next generation is written before the commit
+        stats += [unique[SEEN_NEW] | "WriteSeenStore" >> seen.write(),
+                  p | "ChangedStats" >> beam.Create(
+                      [{"file_errors/changed_after_processing": len(plan.changed)}])]
     if cfg.partners:
         formatted = unique.events | "FormatForPartners" >> FormatForPartners(
             cfg.partners, cfg.partner_config(), overrides=cfg.overrides,
@@ -128,6 +140,8 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
 
     make_summary = functools.partial(build_summary, partners=cfg.partners, shards=n,
                                      deliver=cfg.deliver, dry_run=cfg.deliver_dry_run)
+    if plan:
+        make_summary = functools.partial(run_summary, make_summary, plan.run_id)
     return p | "CommitOutputs" >> CommitOutputs(
         cfg.output, temp_dir, OUTPUT_FOLDERS, written, stats, make_summary)
 
@@ -136,6 +150,9 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
 # are what a worker holds at once, so shards grow with the input instead of memory.
 SHARD_BYTES = 1_000_000
 MIN_SHARDS = 8
+
+# Incremental runs (--state): <output>/runs/<run_id>/, and runs/_latest names the last
+RUNS, LATEST = "runs", "_latest"
 
 
 def auto_shards(avro_bytes: int) -> int:
@@ -302,12 +319,60 @@ def _run(argv: list[str] | None, template: Any) -> int:
         prepare_storage([cfg.input], [cfg.output], beam_args)
     except StorageError as exc:
         return _fail(str(exc), 2)
+    if cfg.state:
+        return _incremental(cfg, beam_args, template)
+    return _execute(cfg, beam_args, template)
+
+
+def _incremental(cfg: RunConfig, beam_args: list[str], template: Any) -> int:
+    """``--state``: the new files only, outputs in ``<output>/runs/<run_id>/``, the
+    state committed after the outputs (pipelines.state)."""
     try:
-        files, size = export_size(cfg.input)
+        state = State(cfg.state)
+        state.lock.acquire()
+    except LockHeld as exc:
+        return _fail(f"refusing to start: {exc}", 3)
     except Exception as exc:
-        return _fail(f"cannot list {cfg.input}: {exc}", 2)
-    if not files:
-        return _fail(f"no .avro files found under {cfg.input}", 2)
+        return _fail(f"cannot use --state {cfg.state}: {exc}", 2)
+    try:
+        run_id = new_run_id()
+        try:
+            plan = state.plan(cfg.input, run_id)
+        except Exception as exc:
+            return _fail(f"cannot list {cfg.input}: {exc}", 2)
+        if not plan.listed:
+            return _fail(f"no .avro files found under {cfg.input}", 2)
+        runs = FileSystems.join(cfg.output, RUNS)
+        run_cfg = cfg.model_copy(update={"output": FileSystems.join(runs, run_id)})
+        if not plan.new_files:
+            print(f"Nothing new under {cfg.input} since run {state.doc.get('run_id')}: "
+                  f"writing the empty run {run_id}"
+                  + (f" ({len(plan.changed)} changed files reported)" if plan.changed
+                     else ""), flush=True)
+        code = _execute(run_cfg, beam_args, template, plan)
+        if not FileSystems.exists(FileSystems.join(run_cfg.output, SUMMARY)):
+            return code or _fail("no outputs committed: --state left as it was", 1)
+        state.commit(plan)
+        with FileSystems.create(FileSystems.join(runs, LATEST)) as fo:
+            fo.write(f"{run_id}\n".encode())
+        print(f"State {cfg.state} committed: run {run_id}, {len(plan.new_files)} new "
+              f"files recorded")
+        return code
+    finally:
+        state.lock.release()
+
+
+def _execute(cfg: RunConfig, beam_args: list[str], template: Any,
+             plan: Plan | None = None) -> int:
+    if plan is not None:
+        files, size = len(plan.new_files), sum(m[0] for m in plan.new_meta.values())
+    else:
+        try:
+            files, size = export_size(cfg.input)
+        except Exception as exc:
+            return _fail(f"cannot list {cfg.input}: {exc}", 2)
+        if not files:
+            return _fail(f"no .avro files found under {cfg.input}", 2)
     if cfg.shards is None:
         cfg = cfg.model_copy(update={"shards": auto_shards(size)})
     beam_args = local_parallelism(beam_args, size, forked=template is not None)
@@ -340,7 +405,7 @@ def _run(argv: list[str] | None, template: Any) -> int:
                  if runs_locally(options) else contextlib.nullcontext())
         with spill as spill_dir, beam.Pipeline(runner=local_runner(options, template),
                                                 options=options) as p:
-            build(p, cfg, temp_dir, spill_dir)
+            build(p, cfg, temp_dir, spill_dir, plan)
         if _job_not_run_here(options):
             print("Dataflow job built (--dry_run or --template_location), not run: no outputs")
             return 0

@@ -15,6 +15,11 @@ from transforms.deliver import DEFAULT_ENDPOINTS, DEFAULT_MAX_RPS, DeliveryConfi
 from transforms.identities import PARTNERS
 from transforms.read import BATCH_SIZE
 
+# Currents re-delivers a copy within hours (at-least-once retries); 72 hours also covers
+# a connector paused over a weekend, for a store of ~3 days of event keys (see
+# docs/scheduling.md for its size)
+DEDUP_WINDOW = 72 * 3600
+
 # delivery credentials: option dest -> environment variable (the option wins)
 CREDENTIALS = {
     "amplitude_api_key": "AMPLITUDE_API_KEY",
@@ -72,6 +77,9 @@ class RunConfig(BaseModel):
     forward_new_fields: bool = False
     strict: bool = False
     explain_mapping: str | None = None
+    # incremental runs (pipelines.state, docs/scheduling.md)
+    state: str | None = None
+    dedup_window: int = Field(DEDUP_WINDOW, ge=0)  # seconds of event time
     # delivery to the partners' APIs (transforms.deliver, docs/delivery.md)
     deliver: tuple[str, ...] = ()
     deliver_dry_run: bool = False
@@ -199,6 +207,20 @@ class RunConfig(BaseModel):
         return tuple(dict.fromkeys(value))
 
 
+def duration(text: str) -> int:
+    """``72h``, ``90m``, ``3d``, ``45s`` or plain seconds -> seconds."""
+    value = text.strip().lower()
+    unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(value[-1:])
+    try:
+        number = float(value[:-1] if unit else value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration such as 72h, 90m, 3d or seconds, not {text!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"a duration cannot be negative: {text!r}")
+    return int(number * (unit or 1))
+
+
 def load_overrides(path: str) -> dict:
     """The JSON of a ``--mapping-overrides`` file (local or gs://), checked now: a bad key
     is an error naming it, before any data is read."""
@@ -259,7 +281,8 @@ Delivery credentials (with --deliver; options of the same names override them):
   MPARTICLE_API_SECRET; SEGMENT_WRITE_KEY. See docs/delivery.md.
 
 Exit codes: 0 success; 1 run failed, --max-invalid-ratio exceeded or events not
-delivered (retries exhausted, credentials refused); 2 bad options/input.
+delivered (retries exhausted, credentials refused); 2 bad options/input; 3 another
+run holds the --state lock.
 """
 
 
@@ -321,6 +344,16 @@ def parser() -> argparse.ArgumentParser:
                     type=float, default=None,
                     help="fail the run (exit 1, after writing everything) when "
                          "invalid/rows_read exceeds this ratio (default: off)")
+    ap.add_argument("--state", default=None,
+                    help="folder (local or gs://) remembering earlier runs: only .avro "
+                         "files no committed run processed are read, outputs go to "
+                         "<output>/runs/<run_id>/, events kept by earlier runs are "
+                         "duplicates (docs/scheduling.md). Default: off, read everything")
+    ap.add_argument("--dedup-window", "--dedup_window", dest="dedup_window", type=duration,
+                    default=DEDUP_WINDOW,
+                    help="with --state: how far back, in event time, events are remembered "
+                         "to drop copies re-delivered in later runs, e.g. 72h, 90m, 3d "
+                         "(default: 72h)")
     _delivery_options(ap)
     return ap
 

@@ -113,7 +113,8 @@ def test_flex_template_parameters_reach_the_pipeline_config():
               "mixpanel_token": "t0k", "mparticle_environment": "development", "shards": "3",
               "batch_size": "500", "max_invalid_ratio": "0.25", "forward_new_fields": "true",
               "strict": "false", "deliver": "",
-              "amplitude_api": "batch", "deliver_dry_run": "true", "delivery_concurrency": "2"}
+              "amplitude_api": "batch", "deliver_dry_run": "true", "delivery_concurrency": "2",
+              "state": "gs://b/state", "dedup_window": "72h"}
     for p in flex_template_metadata()["parameters"]:
         for regex in p.get("regexes", []):
             assert re.fullmatch(regex, values[p["name"]]), p["name"]
@@ -125,6 +126,7 @@ def test_flex_template_parameters_reach_the_pipeline_config():
     assert cfg.partner_config()["mixpanel_token"] == "t0k"
     assert (cfg.forward_new_fields, cfg.strict) == (True, False)
     assert (cfg.deliver, cfg.amplitude_api, cfg.deliver_dry_run) == ((), "batch", True)
+    assert (cfg.state, cfg.dedup_window) == ("gs://b/state", 72 * 3600)
 
 
 def test_dockerfile_uses_the_launcher_image_and_the_pins():

@@ -26,6 +26,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms import codec
+from transforms import seen as seen_store
 from transforms.gcpause import paused_gc
 from transforms.types import DUPLICATES, STATS, ShardLines, ValidBatch
 
@@ -112,8 +113,9 @@ def _unspilled(value: bytes | tuple) -> bytes:
 class _KeepOnePerKey(beam.DoFn):
     """All copies of a shard's keys -> sorted survivors, plus one line per dropped copy."""
 
-    def __init__(self):
+    def __init__(self, seen: Any = None):
         self._dropped = Metrics.counter("currents", "duplicates_dropped")
+        self._seen = seen  # transforms.seen.SeenStore, or None
 
     def process(self, element: tuple[int, Iterable[bytes]]) -> Iterator[Any]:
         with paused_gc():
@@ -122,7 +124,11 @@ class _KeepOnePerKey(beam.DoFn):
     def _keep_one(self, shard: int, blobs: Iterable[bytes]) -> Iterator[Any]:
         best: dict[tuple[str, str], tuple[bytes, str, int]] = {}
         dropped: list[tuple[tuple[str, str], bytes, str, int]] = []
+        seen: dict = {}  # entries of the seen store (earlier runs), by key
         for blob in blobs:
+            if seen_store.is_seen_value(blob):
+                seen.update(((e[0], e[1]), e) for e in seen_store.seen_entries(blob))
+                continue
             source, entries = codec.unpack(_unspilled(blob))
             for event_type, event_id, payload, row in entries:
                 key = (event_type, event_id)
@@ -135,21 +141,34 @@ class _KeepOnePerKey(beam.DoFn):
                     dropped.append((key, *kept))
                 else:
                     dropped.append((key, *copy))
-        stats: Counter = Counter(valid=len(best), duplicates_dropped=len(dropped))
+        earlier: dict = {}  # survivors an earlier run kept: dropped as copies of those
+        if self._seen is not None:
+            best, earlier, store = seen_store.split_across_runs(
+                best, seen, self._seen.run_id, self._seen.shards)
+            for seen_shard, group in store:
+                yield beam.pvalue.TaggedOutput(seen_store.SEEN_NEW, (seen_shard, group))
+        stats: Counter = Counter(valid=len(best), duplicates_dropped=len(dropped) + len(
+            earlier), duplicates_across_runs=len(earlier))
         for event_type, n in Counter(map(itemgetter(0), best)).items():
             stats[f"by_event_type/{event_type}"] = n
         keys = sorted(best)
         yield shard, [best[k][0] for k in keys]
+        dropped += [(key, *e[:3]) for key, e in earlier.items()]
         if dropped:
             lines = []
             for key, payload, source, row in sorted(dropped, key=lambda d: (d[0], d[2], d[3])):
-                kept_payload, kept_source, kept_row = best[key]
-                conflicting = payload != kept_payload
-                stats["conflicting_duplicates"] += conflicting
+                if key in earlier:  # kept by an earlier run: compared by checksum
+                    entry = earlier[key][3]  # (event_type, id, time, run_id, crc)
+                    line = {"kept_source": None, "kept_row": None, "kept_run": entry[3],
+                            "conflicting": seen_store.payload_crc(payload) != entry[4]}
+                else:
+                    kept_payload, kept_source, kept_row = best[key]
+                    line = {"kept_source": kept_source, "kept_row": kept_row,
+                            "conflicting": payload != kept_payload}
+                stats["conflicting_duplicates"] += line["conflicting"]
                 lines.append(codec.dumps({
                     "event_type": key[0], "id": key[1], "source": source, "row": row,
-                    "kept_source": kept_source, "kept_row": kept_row,
-                    "conflicting": conflicting, "record": codec.loads(payload)}))
+                    **line, "record": codec.loads(payload)}))
             yield beam.pvalue.TaggedOutput(DUPLICATES, (shard, lines))
         self._dropped.inc(len(dropped))
         yield beam.pvalue.TaggedOutput(STATS, dict(stats))
@@ -168,21 +187,30 @@ class DeduplicateEvents(beam.PTransform):
     moves only their paths. For the local runner, which keeps everything it shuffles in
     its own memory, several copies of it; leave it None on Dataflow, whose shuffle
     service is built for this. Nothing there is deleted: use a temporary folder.
+    ``seen``: a ``transforms.seen.SeenStore`` (incremental runs): survivors an earlier
+    run kept become duplicates (``kept_run``, counted as ``duplicates_across_runs``),
+    and the tagged ``seen_new`` output carries the store's next generation.
     """
 
-    def __init__(self, num_shards: int = 8, spill_dir: str | None = None):
+    def __init__(self, num_shards: int = 8, spill_dir: str | None = None,
+                 seen: Any = None):
         super().__init__()
+        self._seen = seen
         if num_shards < 1:
             raise ValueError("num_shards must be >= 1")
         self._num_shards = num_shards
         self._spill_dir = spill_dir
 
     def expand(self, valid):
+        scattered = valid | "ScatterToShards" >> beam.ParDo(
+            _ScatterToShards(self._num_shards, self._spill_dir))
+        tags = [DUPLICATES, STATS]
+        if self._seen is not None:  # the seen store joins the copies of its keys
+            tags.append(seen_store.SEEN_NEW)
+            scattered = (scattered, valid.pipeline | "ReadSeen" >> self._seen.read(
+                self._num_shards)) | "WithSeen" >> beam.Flatten()
         return (
-            valid
-            | "ScatterToShards" >> beam.ParDo(_ScatterToShards(self._num_shards,
-                                                                self._spill_dir))
+            scattered
             | "GroupByShard" >> beam.GroupByKey()
-            | "KeepOnePerKey" >> beam.ParDo(_KeepOnePerKey()).with_output_types(
-                ShardLines).with_outputs(
-                DUPLICATES, STATS, main="events"))
+            | "KeepOnePerKey" >> beam.ParDo(_KeepOnePerKey(self._seen)).with_output_types(
+                ShardLines).with_outputs(*tags, main="events"))

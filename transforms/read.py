@@ -326,20 +326,27 @@ class ReadCurrentsExport(beam.PTransform):
     ``files``: one FileReport per file (rows read, or why the file could not be read).
     ``as_frames``: ``rows`` is a polars DataFrame (same values, ~4x faster to decode)
     for files whose schema polars reads exactly (see ``frame_readable``), a list of dicts
-    otherwise; ValidateEvents takes both.
+    otherwise; ValidateEvents takes both. ``files``: read exactly these paths (as listed,
+    largest first) instead of listing ``path``.
     """
 
-    def __init__(self, path: str, batch_size: int = BATCH_SIZE, as_frames: bool = False):
+    def __init__(self, path: str, batch_size: int = BATCH_SIZE, as_frames: bool = False,
+                 files: list[str] | None = None):
         super().__init__()
+        self._files = files  # these files only (incremental runs), not all under path
         self._pattern = export_pattern(path)
         self._batch_size = batch_size
         self._as_frames = as_frames
 
     def expand(self, pbegin):
+        if self._files is not None:
+            paths = pbegin | "GivenFiles" >> beam.Create(self._files, reshuffle=False)
+        else:
+            paths = (pbegin
+                     | "MatchFiles" >> beam.Create([self._pattern])
+                     | "LargestFirst" >> beam.FlatMap(largest_first))
         return (
-            pbegin
-            | "MatchFiles" >> beam.Create([self._pattern])
-            | "LargestFirst" >> beam.FlatMap(largest_first)
+            paths
             | "Spread" >> beam.Reshuffle()
             | "Decode" >> beam.ParDo(_ReadAvroFile(
                 self._batch_size, self._as_frames)).with_output_types(
