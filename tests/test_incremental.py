@@ -270,3 +270,29 @@ def test_dedup_window_takes_durations_and_refuses_nonsense(capsys):
         parse(["--input", "x", "--output", "y", "--dedup-window", "soon"])
     assert exc.value.code == 2
     assert "expected a duration such as 72h" in capsys.readouterr().err
+
+
+def test_state_and_input_on_gs(gcs_emulator, tmp_path, capsys):
+    """The same code on gs:// (a real GCS emulator): ledger, seen store and lock."""
+    gcs_emulator.bucket("inc-in")
+    gcs_emulator.bucket("inc-state")
+    local = tmp_path / "local"
+    first = clicks(range(4))
+    add_file(local, 0, first)
+    gcs_emulator.upload_tree(local, "inc-in", "export")
+    args = ["--input", "gs://inc-in/export", "--output", str(tmp_path / "out"),
+            "--state", "gs://inc-state/s", *EVENTS_ONLY]
+    assert run(args) == 0
+    assert summary(latest(tmp_path))["valid"] == 4
+    add_file(local, 1, [first[0], make_record(CLICK, seed=50)])
+    gcs_emulator.upload_tree(local, "inc-in", "export")  # file 0 again: a new generation
+    assert run(args) == 0
+    s = summary(latest(tmp_path))
+    assert (s["rows_read"], s["valid"], s["duplicates_across_runs"]) == (2, 1, 1)
+    # the object re-uploaded (same bytes, new generation and update time) is reported
+    assert s["files"]["error_reasons"] == {"changed_after_processing": 1}
+    # a run holding the lock on gs:// makes the next one refuse
+    Lock("gs://inc-state/s/lock.json", settle=0).acquire()
+    capsys.readouterr()
+    assert run(args) == 3
+    assert "refusing to start" in capsys.readouterr().err
