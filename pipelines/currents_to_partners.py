@@ -150,6 +150,9 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
 # are what a worker holds at once, so shards grow with the input instead of memory.
 SHARD_BYTES = 1_000_000
 MIN_SHARDS = 8
+# Seen-store entries per dedup shard (incremental runs): ~330 B each in a worker's
+# memory (bench/seen_store_size.py), ~65 MB per shard
+SEEN_PER_SHARD = 200_000
 
 # Incremental runs (--state): <output>/runs/<run_id>/, and runs/_latest names the last
 RUNS, LATEST = "runs", "_latest"
@@ -352,7 +355,7 @@ def _incremental(cfg: RunConfig, beam_args: list[str], template: Any) -> int:
         code = _execute(run_cfg, beam_args, template, plan)
         if not FileSystems.exists(FileSystems.join(run_cfg.output, SUMMARY)):
             return code or _fail("no outputs committed: --state left as it was", 1)
-        state.commit(plan)
+        state.commit(plan, read_summary(run_cfg.output)["seen_store"]["entries"])
         with FileSystems.create(FileSystems.join(runs, LATEST)) as fo:
             fo.write(f"{run_id}\n".encode())
         print(f"State {cfg.state} committed: run {run_id}, {len(plan.new_files)} new "
@@ -373,8 +376,9 @@ def _execute(cfg: RunConfig, beam_args: list[str], template: Any,
             return _fail(f"cannot list {cfg.input}: {exc}", 2)
         if not files:
             return _fail(f"no .avro files found under {cfg.input}", 2)
-    if cfg.shards is None:
-        cfg = cfg.model_copy(update={"shards": auto_shards(size)})
+    if cfg.shards is None:  # with --state, dedup shards also hold the seen store
+        cfg = cfg.model_copy(update={"shards": max(auto_shards(size), -(-(
+            plan.seen_entries if plan else 0) // SEEN_PER_SHARD))})
     beam_args = local_parallelism(beam_args, size, forked=template is not None)
     temp_dir = FileSystems.join(cfg.output, TEMPORARY, uuid.uuid4().hex)
     try:

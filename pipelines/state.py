@@ -130,6 +130,7 @@ class Plan:
     seen_old: str | None            # the current seen generation folder, or None
     seen_new: str                   # where this run writes the next one
     seen_shards: int
+    seen_entries: int               # entries in the current store (its last commit)
 
     def seen_store(self, window: int) -> SeenStore:
         return SeenStore(old=self.seen_old, new=self.seen_new, run_id=self.run_id,
@@ -183,15 +184,16 @@ class State:
         return Plan(run_id=run_id, listed=len(found), new_files=new, changed=changed, new_meta=meta,
                     seen_old=self._at(seen) if seen else None,
                     seen_new=self._at(f"seen/{run_id}"),
-                    seen_shards=self.doc.get("seen_shards", SEEN_SHARDS))
+                    seen_shards=self.doc.get("seen_shards", SEEN_SHARDS),
+                    seen_entries=self.doc.get("seen_entries", 0))
 
-    def commit(self, plan: Plan) -> None:
+    def commit(self, plan: Plan, seen_entries: int) -> None:
         """Point the state at this run's ledger and seen store (after its outputs are
         committed), then remove what no longer belongs to it."""
         ledger = f"ledger/{plan.run_id}.zst"
         _write(self._at(ledger), codec.pack({**self.ledger, **plan.new_meta}))
         doc = {"run_id": plan.run_id, "ledger": ledger, "seen": f"seen/{plan.run_id}",
-               "seen_shards": plan.seen_shards,
+               "seen_shards": plan.seen_shards, "seen_entries": seen_entries,
                "committed": datetime.datetime.now(datetime.timezone.utc).isoformat()}
         _write(self._at(STATE), json.dumps(doc, indent=2).encode())
         self.doc = doc

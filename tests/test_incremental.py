@@ -296,3 +296,21 @@ def test_state_and_input_on_gs(gcs_emulator, tmp_path, capsys):
     capsys.readouterr()
     assert run(args) == 3
     assert "refusing to start" in capsys.readouterr().err
+
+
+def test_dedup_shards_grow_with_the_seen_store(tmp_path, capsys):
+    """A big store and a small new hour: shards are sized for the store, not the hour."""
+    import pipelines.currents_to_partners as ctp
+    add_file(tmp_path / "in", 0, clicks(range(30)))
+    args = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+            "--state", str(tmp_path / "state"), "--partners", ""]
+    assert run(args) == 0
+    assert json.loads((tmp_path / "state" / "state.json").read_text())["seen_entries"] == 30
+    add_file(tmp_path / "in", 1, clicks(range(30, 32)))
+    old = ctp.SEEN_PER_SHARD
+    ctp.SEEN_PER_SHARD = 3
+    try:
+        assert run(args) == 0
+    finally:
+        ctp.SEEN_PER_SHARD = old
+    assert summary(latest(tmp_path))["shards"] == 10
