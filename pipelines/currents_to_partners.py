@@ -322,6 +322,9 @@ def _run(argv: list[str] | None, template: Any) -> int:
         prepare_storage([cfg.input], [cfg.output], beam_args)
     except StorageError as exc:
         return _fail(str(exc), 2)
+    if cfg.streaming:
+        from pipelines.streaming import run_streaming
+        return run_streaming(cfg, beam_args)
     if cfg.state:
         return _incremental(cfg, beam_args, template)
     return _execute(cfg, beam_args, template)

@@ -80,6 +80,11 @@ class RunConfig(BaseModel):
     # incremental runs (pipelines.state, docs/scheduling.md)
     state: str | None = None
     dedup_window: int = Field(DEDUP_WINDOW, ge=0)  # seconds of event time
+    # streaming (pipelines.streaming)
+    streaming: bool = False
+    poll_interval: float = Field(60.0, gt=0)
+    window: float = Field(60.0, gt=0)  # minutes
+    stop_after: float | None = Field(None, ge=0)
     # delivery to the partners' APIs (transforms.deliver, docs/delivery.md)
     deliver: tuple[str, ...] = ()
     deliver_dry_run: bool = False
@@ -354,6 +359,21 @@ def parser() -> argparse.ArgumentParser:
                     help="with --state: how far back, in event time, events are remembered "
                          "to drop copies re-delivered in later runs, e.g. 72h, 90m, 3d "
                          "(default: 72h)")
+    ap.add_argument("--streaming", type=_flag, nargs="?", const=True, default=False,
+                    help="watch --input for new .avro files and write windowed outputs "
+                         "under <output>/stream/<window>/, each with its summary.json "
+                         "(docs/scheduling.md); also Beam's streaming mode on Dataflow")
+    ap.add_argument("--poll-interval", "--poll_interval", dest="poll_interval",
+                    type=float, default=60.0,
+                    help="with --streaming: seconds between listings of --input "
+                         "(default: 60)")
+    ap.add_argument("--window", type=float, default=60.0,
+                    help="with --streaming: minutes of file arrival per output window "
+                         "(default: 60)")
+    ap.add_argument("--stop-after", "--stop_after", dest="stop_after", type=float,
+                    default=None,
+                    help="with --streaming: stop watching after SECONDS, then drain and "
+                         "exit (default: run until stopped)")
     _delivery_options(ap)
     return ap
 

@@ -114,7 +114,8 @@ def test_flex_template_parameters_reach_the_pipeline_config():
               "batch_size": "500", "max_invalid_ratio": "0.25", "forward_new_fields": "true",
               "strict": "false", "deliver": "",
               "amplitude_api": "batch", "deliver_dry_run": "true", "delivery_concurrency": "2",
-              "state": "gs://b/state", "dedup_window": "72h"}
+              "state": "gs://b/state", "dedup_window": "72h", "streaming": "false",
+              "poll_interval": "30", "window": "15", "stop_after": "3600"}
     for p in flex_template_metadata()["parameters"]:
         for regex in p.get("regexes", []):
             assert re.fullmatch(regex, values[p["name"]]), p["name"]
@@ -127,6 +128,21 @@ def test_flex_template_parameters_reach_the_pipeline_config():
     assert (cfg.forward_new_fields, cfg.strict) == (True, False)
     assert (cfg.deliver, cfg.amplitude_api, cfg.deliver_dry_run) == ((), "batch", True)
     assert (cfg.state, cfg.dedup_window) == ("gs://b/state", 72 * 3600)
+    assert (cfg.streaming, cfg.poll_interval, cfg.window, cfg.stop_after) == (
+        False, 30.0, 15.0, 3600.0)
+
+
+def test_streaming_job_is_built_offline_as_a_streaming_job(offline, tmp_path):
+    from pipelines.streaming import build_stream
+    cfg, _ = parse(["--streaming", "--input", "gs://my-input-bucket/currents", "--output",
+                    "gs://my-output-bucket/stream", "--partners", "segment"])
+    p = beam.Pipeline(options=PipelineOptions(
+        [*DATAFLOW, "--streaming", "--enable_streaming_engine"], save_main_session=False))
+    build_stream(p, cfg)
+    result = p.run()
+    assert result.job.proto.type_.name == "JOB_TYPE_STREAMING"
+    names = {t.unique_name for t in result.job.proto_pipeline.components.transforms.values()}
+    assert {"WatchInput", "DeduplicateStream", "WriteWindows"} <= names
 
 
 def test_dockerfile_uses_the_launcher_image_and_the_pins():

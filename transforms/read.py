@@ -314,6 +314,21 @@ def _classify(exc: Exception) -> str:
     return "unreadable_file"
 
 
+class ReadAvroFiles(beam.PTransform):
+    """Paths of Avro files -> RowBatch (main ``rows``) and FileReports (tagged ``files``),
+    as ReadCurrentsExport gives them: for paths found while the pipeline runs
+    (streaming's ``fileio.MatchContinuously``)."""
+
+    def __init__(self, batch_size: int = BATCH_SIZE, as_frames: bool = False):
+        super().__init__()
+        self._batch_size, self._as_frames = batch_size, as_frames
+
+    def expand(self, paths):
+        return paths | "Decode" >> beam.ParDo(_ReadAvroFile(
+            self._batch_size, self._as_frames)).with_output_types(RowBatch).with_outputs(
+            FILE_REPORTS, main="rows")
+
+
 @beam.typehints.with_input_types(beam.pvalue.PBegin)
 class ReadCurrentsExport(beam.PTransform):
     """Read a Currents export.
