@@ -15,12 +15,13 @@ from typing import Iterator
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.transforms.window import TimestampedValue
+from apache_beam.transforms.window import GlobalWindows, TimestampedValue
 from apache_beam.io import fileio
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
 from pipelines.options import RunConfig
 from transforms import FormatForPartners, ValidateEvents, codec
+from transforms.deliver import FAILED, DeliverToPartner
 from transforms.fanout import skipped_tag
 from transforms.read import ReadAvroFiles, export_pattern
 from transforms.stream import DeduplicateStream, WriteWindows, keyed_copies
@@ -94,8 +95,11 @@ def build_stream(p: beam.Pipeline, cfg: RunConfig, local: bool = False
         read.files | "FileLines" >> beam.FlatMap(_file_lines),
     ]
     if cfg.partners:
-        formatted = (unique.events
-                     | "AsShardLines" >> beam.Map(lambda e: (0, [e]))
+        formatted = (unique.events  # a few hundred per element: per-request batches
+                     | "EventWindows" >> beam.WindowInto(beam.window.FixedWindows(
+                         int(cfg.window * 60)))  # batches stay in their event's window
+                     | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=500)
+                     | "AsShardLines" >> beam.Map(lambda events: (0, list(events)))
                      | "FormatForPartners" >> FormatForPartners(
                          cfg.partners, cfg.partner_config(), overrides=cfg.overrides,
                          forward_new_fields=cfg.forward_new_fields))
@@ -103,9 +107,16 @@ def build_stream(p: beam.Pipeline, cfg: RunConfig, local: bool = False
             for tag, folder in ((partner, f"partners/{partner}"),
                                 (skipped_tag(partner), f"partners/{partner}/_skipped")):
                 lines.append(formatted[tag] | f"Lines[{folder}]" >> beam.FlatMap(
-                    lambda shard_lines, f=folder: [(f, x) for x in shard_lines[1]]))
+                    lambda shard_lines, f=folder: [(f, x) for x in shard_lines[1]])
+                    | f"Unwindowed[{folder}]" >> beam.WindowInto(GlobalWindows()))
+    for partner in cfg.deliver:  # exactly the payloads written to partners/<partner>/
+        delivery = formatted[partner] | f"Deliver[{partner}]" >> DeliverToPartner(
+            partner, cfg.delivery_config(partner))
+        lines.append(delivery[FAILED] | f"Lines[delivery_failed/{partner}]" >> beam.Map(
+            lambda f, folder=f"delivery_failed/{partner}": (folder, codec.dumps(f)))
+            | f"Unwindowed[delivery_failed/{partner}]" >> beam.WindowInto(GlobalWindows()))
     return (lines | "AllLines" >> beam.Flatten()
-            | "WriteWindows" >> WriteWindows(cfg.output, cfg.window))
+            | "WriteWindows" >> WriteWindows(cfg.output, cfg.window, cfg.deliver))
 
 
 def run_streaming(cfg: RunConfig, beam_args: list[str]) -> int:
@@ -146,5 +157,12 @@ def run_streaming(cfg: RunConfig, beam_args: list[str]) -> int:
               f"{summary['invalid']} invalid")
         if not summary["conservation_ok"]:
             code = _fail(f"conservation check failed in {path}", 1)
+        for partner, reasons in summary.get("delivery_failed", {}).items():
+            undelivered = sum(n for r, n in reasons.items()
+                              if r in ("retries_exhausted", "unauthorized"))
+            if undelivered:  # as a batch run: rerun to resend (partners dedup by id)
+                code = _fail(f"{undelivered} events not delivered to {partner} in window "
+                             f"{summary['window']['start']} (retries exhausted or "
+                             "credentials refused); see its delivery_failed/", 1)
     sys.stdout.flush()
     return code

@@ -130,3 +130,36 @@ def test_a_local_watch_without_an_end_is_refused(tmp_path, capsys):
     assert run(["--streaming", "--input", str(tmp_path / "in"), "--output",
                 str(tmp_path / "out"), "--partners", ""]) == 2
     assert "needs --stop-after" in capsys.readouterr().err
+
+
+def test_streaming_delivers_each_event_once(tmp_path, fake_partners, monkeypatch):
+    """--deliver works in streaming too: every event of the watched folder reaches the
+    (fake, local) partner API once, a re-delivered copy not at all."""
+    from pipelines.currents_to_partners import run
+    from tests.conftest import read_ndjson
+    from tests.fake_partners import dedup_key, delivery_args
+    from transforms.testing import make_record, write_export
+
+    from tests.fake_partners import CREDENTIALS
+    monkeypatch.setenv("SEGMENT_WRITE_KEY", CREDENTIALS["SEGMENT_WRITE_KEY"])
+    recs = [make_record(CLICK, seed=i) for i in range(5)]
+    write_export(tmp_path / "in", [{"event_type": CLICK, "rows": recs + [recs[1]]}])
+    assert run(["--streaming", "--input", str(tmp_path / "in"), "--output",
+                str(tmp_path / "out"), "--partners", "segment", "--stop-after", "0",
+                *delivery_args(fake_partners, ["segment"])]) == 0
+    [window] = [d for d in (tmp_path / "out" / "stream").iterdir() if d.name[0] != "_"]
+    keys = [dedup_key("segment", x) for x in read_ndjson(window / "partners" / "segment")]
+    assert len(keys) == 5
+    assert not read_ndjson(window / "delivery_failed" / "segment")
+    assert fake_partners["segment"].received == {k: 1 for k in keys}
+
+    summary = json.loads((window / "summary.json").read_text())
+    assert summary["delivery_failed"] == {"segment": {}}
+
+    # refused credentials: the events are in delivery_failed/, and the run fails
+    monkeypatch.setenv("SEGMENT_WRITE_KEY", "wrong")
+    assert run(["--streaming", "--input", str(tmp_path / "in"), "--output",
+                str(tmp_path / "again"), "--partners", "segment", "--stop-after", "0",
+                *delivery_args(fake_partners, ["segment"])]) == 1
+    [window] = [d for d in (tmp_path / "again" / "stream").iterdir() if d.name[0] != "_"]
+    assert len(read_ndjson(window / "delivery_failed" / "segment")) == 5

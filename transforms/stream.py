@@ -87,8 +87,8 @@ class _WriteWindow(beam.DoFn):
     00001.ndjson`` and ``summary.json``, written under ``stream/_temporary`` and moved
     into place together, the summary last."""
 
-    def __init__(self, output: str):
-        self._output = output
+    def __init__(self, output: str, deliver: tuple[str, ...] = ()):
+        self._output, self._deliver = output, deliver
 
     def process(self, element: tuple[Any, Iterable[tuple[str, bytes]]],
                 window=beam.DoFn.WindowParam) -> Iterator[dict]:
@@ -127,17 +127,22 @@ class _WriteWindow(beam.DoFn):
                    "file_errors": counts["file_errors"],
                    "conservation_ok": rows_read == counts["events"] + counts[
                        "dead_letter"] + counts["duplicates"]}
+        if self._deliver:
+            summary["delivery_failed"] = {p: dict(Counter(
+                codec.loads(line)["reason"] for line in by_folder.get(
+                    f"delivery_failed/{p}", []))) for p in self._deliver}
         write_bytes(FileSystems.join(final, SUMMARY), summary_bytes(summary))
         yield summary
 
 
 class WriteWindows(beam.PTransform):
     """``(folder, line)`` pairs (and ``("_rows", n)`` counts) -> one folder per fixed
-    window of ``minutes`` under ``<output>/stream/``; outputs each window's summary."""
+    window of ``minutes`` under ``<output>/stream/``; outputs each window's summary.
+    ``deliver``: partners delivered to (their ``delivery_failed/`` reasons are counted)."""
 
-    def __init__(self, output: str, minutes: float):
+    def __init__(self, output: str, minutes: float, deliver: tuple[str, ...] = ()):
         super().__init__()
-        self._output, self._minutes = output, minutes
+        self._output, self._minutes, self._deliver = output, minutes, tuple(deliver)
 
     def expand(self, lines):
         return (lines
@@ -145,4 +150,4 @@ class WriteWindows(beam.PTransform):
                     int(self._minutes * 60)))
                 | "OneKey" >> beam.Map(lambda x: (None, x))
                 | "PerWindow" >> beam.GroupByKey()
-                | "Write" >> beam.ParDo(_WriteWindow(self._output)))
+                | "Write" >> beam.ParDo(_WriteWindow(self._output, self._deliver)))
