@@ -358,7 +358,10 @@ def _incremental(cfg: RunConfig, beam_args: list[str], template: Any) -> int:
         code = _execute(run_cfg, beam_args, template, plan)
         if not FileSystems.exists(FileSystems.join(run_cfg.output, SUMMARY)):
             return code or _fail("no outputs committed: --state left as it was", 1)
-        state.commit(plan, read_summary(run_cfg.output)["seen_store"]["entries"])
+        try:
+            state.commit(plan, read_summary(run_cfg.output)["seen_store"]["entries"])
+        except LockHeld as exc:
+            return _fail(f"outputs in {run_cfg.output}, but {exc}", 1)
         with FileSystems.create(FileSystems.join(runs, LATEST)) as fo:
             fo.write(f"{run_id}\n".encode())
         print(f"State {cfg.state} committed: run {run_id}, {len(plan.new_files)} new "

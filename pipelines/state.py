@@ -96,6 +96,10 @@ class Lock:
         if held is None or held.get("token") != self.token:
             raise LockHeld(self._message(held or {}))
 
+    def held(self) -> bool:
+        holder = self._holder()
+        return holder is not None and holder.get("token") == self.token
+
     def release(self) -> None:
         held = self._holder()
         if held is not None and held.get("token") == self.token:
@@ -189,7 +193,11 @@ class State:
 
     def commit(self, plan: Plan, seen_entries: int) -> None:
         """Point the state at this run's ledger and seen store (after its outputs are
-        committed), then remove what no longer belongs to it."""
+        committed), then remove what no longer belongs to it. Refuses (LockHeld) if the
+        lock expired and another run took it meanwhile: that run read the same state."""
+        if not self.lock.held():
+            raise LockHeld("the lock on this --state expired during the run and another "
+                           "run took it: this run's files are not recorded")
         ledger = f"ledger/{plan.run_id}.zst"
         _write(self._at(ledger), codec.pack({**self.ledger, **plan.new_meta}))
         doc = {"run_id": plan.run_id, "ledger": ledger, "seen": f"seen/{plan.run_id}",

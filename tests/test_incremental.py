@@ -314,3 +314,24 @@ def test_dedup_shards_grow_with_the_seen_store(tmp_path, capsys):
     finally:
         ctp.SEEN_PER_SHARD = old
     assert summary(latest(tmp_path))["shards"] == 10
+
+
+def test_a_run_whose_lock_was_taken_over_does_not_commit(tmp_path, monkeypatch, capsys):
+    """A run that outlived its lock, which another run then took: it must not overwrite
+    the state that other run is working from."""
+    import pipelines.currents_to_partners as ctp
+    add_file(tmp_path / "in", 0, clicks(range(2)))
+    real = ctp._execute
+
+    def slow_run(*args, **kwargs):
+        code = real(*args, **kwargs)
+        # meanwhile this run's lock expired and another run took it over
+        (tmp_path / "state" / "lock.json").write_text(json.dumps(
+            {"token": "other", "owner": "elsewhere:1", "expires": 4e9}))
+        return code
+
+    monkeypatch.setattr(ctp, "_execute", slow_run)
+    assert incremental(tmp_path) == 1
+    assert "expired during the run" in capsys.readouterr().err
+    assert not (tmp_path / "state" / "state.json").exists()
+    assert json.loads((tmp_path / "state" / "lock.json").read_text())["token"] == "other"
