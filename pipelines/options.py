@@ -195,6 +195,13 @@ class RunConfig(BaseModel):
         return {"mixpanel_token": token, "mparticle_environment": self.mparticle_environment}
 
     @model_validator(mode="after")
+    def _streaming_has_no_state(self):
+        if self.streaming and self.state:
+            raise ValueError("--state is for scheduled batch runs; --streaming keeps its "
+                             "dedup in keyed state (docs/scheduling.md): use one of them")
+        return self
+
+    @model_validator(mode="after")
     def _overrides(self):
         if self.mapping_overrides and self.overrides is None:
             object.__setattr__(self, "overrides", load_overrides(self.mapping_overrides))

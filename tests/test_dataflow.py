@@ -153,3 +153,14 @@ def test_dockerfile_uses_the_launcher_image_and_the_pins():
     assert "pip install --no-cache-dir -c constraints.txt ." in text
     for copied in ("setup.py constraints.txt", "pipelines/", "transforms/", "schemas/"):
         assert f"COPY {copied}" in text
+
+
+def test_cli_builds_the_streaming_job_offline(offline, gcs_emulator, capsys):
+    gcs_emulator.bucket("stream-in")
+    gcs_emulator.bucket("stream-out")
+    code = run(["--streaming", "--input", "gs://stream-in/currents", "--output",
+                "gs://stream-out/live", "--partners", "segment", *DATAFLOW])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "Dataflow streaming job built" in out
+    assert [b.name for b in gcs_emulator.client.list_blobs("stream-out")] == []

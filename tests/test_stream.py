@@ -130,6 +130,9 @@ def test_a_local_watch_without_an_end_is_refused(tmp_path, capsys):
     assert run(["--streaming", "--input", str(tmp_path / "in"), "--output",
                 str(tmp_path / "out"), "--partners", ""]) == 2
     assert "needs --stop-after" in capsys.readouterr().err
+    assert run(["--streaming", "--state", str(tmp_path / "s"), "--input", str(tmp_path),
+                "--output", str(tmp_path / "out"), "--partners", ""]) == 2
+    assert "--state is for scheduled batch runs" in capsys.readouterr().err
 
 
 def test_streaming_delivers_each_event_once(tmp_path, fake_partners, monkeypatch):
