@@ -356,10 +356,14 @@ def _incremental(cfg: RunConfig, beam_args: list[str], template: Any) -> int:
                   + (f" ({len(plan.changed)} changed files reported)" if plan.changed
                      else ""), flush=True)
         code = _execute(run_cfg, beam_args, template, plan)
-        if not FileSystems.exists(FileSystems.join(run_cfg.output, SUMMARY)):
-            return code or _fail("no outputs committed: --state left as it was", 1)
         try:
-            state.commit(plan, read_summary(run_cfg.output)["seen_store"]["entries"])
+            summary = read_summary(run_cfg.output)
+        except Exception:  # failed, or a Dataflow dry run: nothing was committed
+            print(f"--state {cfg.state} left as it was (no outputs committed)",
+                  file=sys.stderr if code else sys.stdout)
+            return code
+        try:
+            state.commit(plan, summary["seen_store"]["entries"])
         except LockHeld as exc:
             return _fail(f"outputs in {run_cfg.output}, but {exc}", 1)
         with FileSystems.create(FileSystems.join(runs, LATEST)) as fo:

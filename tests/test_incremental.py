@@ -335,3 +335,21 @@ def test_a_run_whose_lock_was_taken_over_does_not_commit(tmp_path, monkeypatch, 
     assert "expired during the run" in capsys.readouterr().err
     assert not (tmp_path / "state" / "state.json").exists()
     assert json.loads((tmp_path / "state" / "lock.json").read_text())["token"] == "other"
+
+
+def test_a_dataflow_dry_run_with_state_builds_and_leaves_the_state(tmp_path, monkeypatch,
+                                                                    capsys):
+    from apache_beam.internal.gcp import auth
+    from apache_beam.runners.dataflow.internal import apiclient
+
+    from tests.test_dataflow import DATAFLOW
+
+    def refuse(*_, **__):
+        raise AssertionError("a dry run must not authenticate nor contact Dataflow")
+    monkeypatch.setattr(auth._Credentials, "_get_service_credentials", staticmethod(refuse))
+    monkeypatch.setattr(apiclient, "DataflowApplicationClient", refuse)
+    add_file(tmp_path / "in", 0, clicks(range(2)))
+    assert incremental(tmp_path, *DATAFLOW) == 0
+    out = capsys.readouterr().out
+    assert "Dataflow job built" in out and "left as it was" in out
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == []
