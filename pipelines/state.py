@@ -65,15 +65,6 @@ def _write(path: str, data: bytes) -> None:
         fo.write(data)
 
 
-def _delete_tree(folder: str) -> None:
-    try:
-        found = FileSystems.match([FileSystems.join(folder, "**")])[0].metadata_list
-        if found:
-            FileSystems.delete([m.path for m in found])
-    except Exception:
-        pass  # leftovers are harmless: nothing points at them
-
-
 @dataclasses.dataclass
 class Lock:
     """``lock.json`` written with a random token, then read back: of two runs that
@@ -210,3 +201,9 @@ class State:
             stale = [m.path for m in found if not m.path.startswith(self._at(keep))]
             if stale:
                 FileSystems.delete(stale)
+            if folder == "seen":  # local folders stay behind their files
+                for old in {path[:path.rfind("/")] for path in stale}:
+                    try:
+                        FileSystems.delete([old])
+                    except Exception:
+                        pass  # object stores have no folders

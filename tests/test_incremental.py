@@ -118,16 +118,18 @@ def test_a_failed_run_leaves_the_state_as_it_was(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(validate.ValidateEvents, "expand", broken)
     assert incremental(tmp_path) == 1
     assert "run failed" in capsys.readouterr().err
-    after = {p: p.read_bytes() for p in state.rglob("*") if p.is_file()
-             and "seen" not in p.relative_to(state).parts[:1]}
-    assert after == {p: b for p, b in before.items()
-                     if "seen" not in p.relative_to(state).parts[:1]}
+    after = {p: p.read_bytes() for p in state.rglob("*") if p.is_file()}
+    # every file of the state as it was; at most an unreferenced seen store of the
+    # failed run besides (removed by the next commit)
+    assert {p: after.get(p) for p in before} == before
+    assert all(p.relative_to(state).parts[0] == "seen" for p in set(after) - set(before))
     assert not (state / "lock.json").exists()  # released
     monkeypatch.undo()
     # the next run processes the same new file again
     assert incremental(tmp_path) == 0
     s = summary(latest(tmp_path))
     assert (s["rows_read"], s["valid"], s["files"]["read"]) == (3, 3, 1)
+    assert [p.name for p in (state / "seen").iterdir()] == [latest(tmp_path).name]
 
 
 def test_a_second_run_on_a_locked_state_refuses_and_changes_nothing(tmp_path, capsys):
