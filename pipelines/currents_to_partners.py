@@ -319,7 +319,7 @@ def _run(argv: list[str] | None, template: Any) -> int:
         return 0
     beam_args = emulator_args(beam_args)
     try:
-        prepare_storage([cfg.input], [cfg.output], beam_args)
+        prepare_storage([cfg.input], [cfg.output, *filter(None, [cfg.state])], beam_args)
     except StorageError as exc:
         return _fail(str(exc), 2)
     if cfg.streaming:
