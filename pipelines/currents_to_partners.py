@@ -48,6 +48,7 @@ from transforms import (DeduplicateEvents, FormatForPartners, ReadCurrentsExport
                         ValidateEvents)
 from transforms.deliver import FAILED, DeliverToPartner
 from transforms.fanout import skipped_tag
+from transforms.identity_map import ResolveIdentityMap, identity_summary, input_files
 from transforms.mapping import validate_overrides
 from transforms.partners import PARTNERS
 from transforms.read import export_size
@@ -57,7 +58,8 @@ from transforms.types import STATS
 
 OUTPUT_FOLDERS = ("events", "dead_letter", "duplicates", "file_errors") + tuple(
     f"partners/{p}{sub}" for p in PARTNERS for sub in ("", "/_skipped")) + tuple(
-    f"delivery_failed/{p}" for p in PARTNERS)
+    f"delivery_failed/{p}" for p in PARTNERS) + tuple(
+    f"identity/{f}" for f in ("map", "conflicts", "deletions", "errors"))
 
 
 def input_root(path: str) -> str:
@@ -83,6 +85,9 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
         cfg.input, cfg.batch_size, as_frames=True)
     checked = read.rows | "ValidateEvents" >> ValidateEvents(strict=cfg.strict)
     unique = checked.valid | "DeduplicateEvents" >> DeduplicateEvents(n, spill_dir)
+    identity = unique.events | "ResolveIdentityMap" >> ResolveIdentityMap(
+        cfg.identity_map, cfg.deletions, backfill=not cfg.no_backfill_identities)
+    events = identity.events  # each with identity_source, resolved_external_user_id
 
     root = input_root(cfg.input)  # shard by the path within the export, not its location
     dead_letter = checked.dead_letter | "ShardDeadLetter" >> ShardRecords(
@@ -93,14 +98,23 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
                    | "ShardFileErrors" >> ShardRecords(1, shard_key=lambda f: "",
                                                        sort_key=lambda f: f["source"]))
     written = [
-        unique.events | "WriteEvents" >> WriteShards(temp_dir, "events", n),
+        events | "WriteEvents" >> WriteShards(temp_dir, "events", n),
         dead_letter | "WriteDeadLetter" >> WriteShards(temp_dir, "dead_letter", n),
         unique.duplicates | "WriteDuplicates" >> WriteShards(temp_dir, "duplicates", n),
         file_errors | "WriteFileErrors" >> WriteShards(temp_dir, "file_errors", 1),
     ]
-    stats = [checked.stats, unique.stats, read.files | "FileStats" >> beam.Map(file_stats)]
+    for name, records, shards, key in (
+            ("map", identity.map, n, lambda r: r["braze_id"]),
+            ("conflicts", identity.conflicts, 1, lambda r: r["kind"] + r["braze_id"]),
+            ("deletions", identity.deletions, 1, lambda r: r["braze_id"]),
+            ("errors", identity.errors, 1, lambda r: f"{r['source']}\x00{r['line']:012d}")):
+        written.append(
+            records | f"ShardIdentity[{name}]" >> ShardRecords(shards, key, key)
+            | f"WriteIdentity[{name}]" >> WriteShards(temp_dir, f"identity/{name}", shards))
+    stats = [checked.stats, unique.stats, read.files | "FileStats" >> beam.Map(file_stats),
+             identity.stats]
     if cfg.partners:
-        formatted = unique.events | "FormatForPartners" >> FormatForPartners(
+        formatted = events | "FormatForPartners" >> FormatForPartners(
             cfg.partners, cfg.partner_config(), overrides=cfg.overrides,
             forward_new_fields=cfg.forward_new_fields)
         stats.append(formatted.stats)
@@ -126,10 +140,15 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
     stats = stats | "AllStats" >> beam.Flatten() | "MergeStats" >> beam.CombineGlobally(
         MergeStats())
 
-    make_summary = functools.partial(build_summary, partners=cfg.partners, shards=n,
+    make_summary = functools.partial(summary_with_identity, partners=cfg.partners, shards=n,
                                      deliver=cfg.deliver, dry_run=cfg.deliver_dry_run)
     return p | "CommitOutputs" >> CommitOutputs(
         cfg.output, temp_dir, OUTPUT_FOLDERS, written, stats, make_summary)
+
+
+def summary_with_identity(stats: dict, **options: Any) -> dict:
+    """build_summary plus ``identity`` (transforms.identity_map.identity_summary)."""
+    return build_summary(stats, identity=identity_summary(stats), **options)
 
 
 # Compressed Avro bytes per dedup shard (~10k events): one shard's copies and survivors
@@ -302,6 +321,13 @@ def _run(argv: list[str] | None, template: Any) -> int:
         prepare_storage([cfg.input], [cfg.output], beam_args)
     except StorageError as exc:
         return _fail(str(exc), 2)
+    for option, path in (("--identity-map", cfg.identity_map),
+                         ("--deletions", cfg.deletions)):
+        try:
+            if path and not input_files(path):
+                return _fail(f"{option} {path}: no file there", 2)
+        except Exception as exc:
+            return _fail(f"cannot list {option} {path}: {exc}", 2)
     try:
         files, size = export_size(cfg.input)
     except Exception as exc:

@@ -72,6 +72,10 @@ class RunConfig(BaseModel):
     forward_new_fields: bool = False
     strict: bool = False
     explain_mapping: str | None = None
+    # identity map, backfill and deletion requests (transforms.identity_map, docs/identity.md)
+    identity_map: str | None = None
+    deletions: str | None = None
+    no_backfill_identities: bool = False
     # delivery to the partners' APIs (transforms.deliver, docs/delivery.md)
     deliver: tuple[str, ...] = ()
     deliver_dry_run: bool = False
@@ -321,6 +325,23 @@ def parser() -> argparse.ArgumentParser:
                     type=float, default=None,
                     help="fail the run (exit 1, after writing everything) when "
                          "invalid/rows_read exceeds this ratio (default: off)")
+    ap.add_argument("--identity-map", "--identity_map", dest="identity_map", default=None,
+                    metavar="PATH",
+                    help="braze_id -> external_id map (local or gs:// file, folder or glob; "
+                         "CSV with header braze_id,external_id or NDJSON with those keys, "
+                         "as identity/map/ of an earlier run) used after the export's own "
+                         "evidence and profile merges; bad lines go to identity/errors/")
+    ap.add_argument("--deletions", default=None, metavar="PATH",
+                    help="deletion requests besides the export's users.UserDeleteRequest "
+                         "(CSV with a braze_id column or NDJSON with that key): those "
+                         "users' events reach no partner (skipped as user_deleted), listed "
+                         "in identity/deletions/")
+    ap.add_argument("--no-backfill-identities", "--no_backfill_identities",
+                    dest="no_backfill_identities", type=_flag, nargs="?", const=True,
+                    default=False,
+                    help="give partners only each event's own external_id (default: an "
+                         "event without one gets its braze_id's external_id from the "
+                         "identity map; see docs/identity.md)")
     _delivery_options(ap)
     return ap
 

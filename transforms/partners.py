@@ -37,7 +37,8 @@ import apache_beam as beam
 import orjson
 
 from transforms import codec
-from transforms.identities import IDENTITY_RULES, PARTNERS
+from transforms.identities import FALLBACK, IDENTITY_RULES, PARTNERS
+from transforms.identity_map import ADDED_FIELDS, DELETED_REASON
 from transforms.mapping import NO_MAPPING, event_spec, load_mapping  # noqa: F401
 
 SkippedEvent = tuple  # (event_type, id, reason)
@@ -220,7 +221,7 @@ def compile_partners(event_type: str, partners: tuple[str, ...], mappings: dict[
         if not spec["sendable"]:
             body.append(f"S{n}((ET, g('id'), {spec['reason']!r}))")
             continue
-        known_set = frozenset(spec["known_fields"]) | {"event_type"}
+        known_set = frozenset(spec["known_fields"]) | {"event_type", *ADDED_FIELDS}
         known = knowns.setdefault(known_set, f"KNOWN{len(knowns)}")
         code, required = _mapping_code(
             event_type, spec, partner, mappings[partner], config, const, value_of,
@@ -234,7 +235,12 @@ def compile_partners(event_type: str, partners: tuple[str, ...], mappings: dict[
                  for i, (var, key, why) in enumerate(required)]
         body.append(f"    {'else: ' if required else ''}P{n}(dumps(c0))")
     head = ["def build(r, C):", "    g = r.get"]
-    head += [f"    {var} = g({field!r})" for field, var in local.items()]
+    # a deletion request (transforms.identity_map): the user's events reach no partner
+    head += ["    if g('user_deleted'):",
+             *[f"        S{n}((ET, g('id'), {DELETED_REASON!r}))"
+               for n in range(len(partners))], "        return"]
+    head += [f"    {var} = g({field!r}, g({FALLBACK[field]!r}))" if field in FALLBACK
+             else f"    {var} = g({field!r})" for field, var in local.items()]
     for known_set, name in knowns.items():
         namespace[name] = known_set
         head.append(f"    x{name[5:]} = not {name}.issuperset(r)")
