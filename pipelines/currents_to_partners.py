@@ -44,11 +44,13 @@ from pipelines.gcs import emulator_args
 from pipelines.options import BeamOptions, RunConfig, parse
 from pipelines.storage import StorageError, prepare_storage
 from pipelines.worker_template import WorkerTemplate
+from transforms import codec
 from transforms import (DeduplicateEvents, FormatForPartners, ReadCurrentsExport,
                         ValidateEvents)
 from transforms.deliver import FAILED, DeliverToPartner
 from transforms.fanout import skipped_tag
 from transforms.identity_map import ResolveIdentityMap, identity_summary, input_files
+from transforms.pii import ApplyPii, apply_to_identity_record, hasher
 from transforms.mapping import validate_overrides
 from transforms.partners import PARTNERS
 from transforms.read import export_size
@@ -97,27 +99,53 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
                    | "OnlyFileErrors" >> beam.Filter(lambda f: f["reason"] is not None)
                    | "ShardFileErrors" >> ShardRecords(1, shard_key=lambda f: "",
                                                        sort_key=lambda f: f["source"]))
+    # PII (transforms.pii): events/, dead letter and duplicates follow --pii-events;
+    # each partner its own policy (partners sharing one are formatted in one pass)
+    salt, identities = cfg.pii_salt_value(), cfg.pii_identities
+    events_policy = cfg.pii_policy("events")
+    policed = {events_policy: events | "PiiEvents" >> ApplyPii(
+        events_policy, identities, salt)}
     written = [
-        events | "WriteEvents" >> WriteShards(temp_dir, "events", n),
-        dead_letter | "WriteDeadLetter" >> WriteShards(temp_dir, "dead_letter", n),
-        unique.duplicates | "WriteDuplicates" >> WriteShards(temp_dir, "duplicates", n),
+        policed[events_policy] | "WriteEvents" >> WriteShards(temp_dir, "events", n),
+        dead_letter | "PiiDeadLetter" >> ApplyPii(events_policy, identities, salt, "record")
+        | "WriteDeadLetter" >> WriteShards(temp_dir, "dead_letter", n),
+        unique.duplicates | "PiiDuplicates" >> ApplyPii(events_policy, identities, salt,
+                                                        "record")
+        | "WriteDuplicates" >> WriteShards(temp_dir, "duplicates", n),
         file_errors | "WriteFileErrors" >> WriteShards(temp_dir, "file_errors", 1),
     ]
-    for name, records, shards, key in (
-            ("map", identity.map, n, lambda r: r["braze_id"]),
-            ("conflicts", identity.conflicts, 1, lambda r: r["kind"] + r["braze_id"]),
-            ("deletions", identity.deletions, 1, lambda r: r["braze_id"]),
-            ("errors", identity.errors, 1, lambda r: f"{r['source']}\x00{r['line']:012d}")):
+    hide = (functools.partial(apply_to_identity_record, policy=events_policy,
+                              digest=hasher(salt) if salt else None)
+            if identities and events_policy != "keep" else None)
+    for name, records, shards in (("map", identity.map, n),
+                                  ("conflicts", identity.conflicts, 1),
+                                  ("deletions", identity.deletions, 1)):
+        if hide is not None:
+            records = records | f"PiiIdentity[{name}]" >> beam.Map(hide)
         written.append(
-            records | f"ShardIdentity[{name}]" >> ShardRecords(shards, key, key)
+            records | f"ShardIdentity[{name}]" >> ShardRecords(shards, _json_key, _json_key)
             | f"WriteIdentity[{name}]" >> WriteShards(temp_dir, f"identity/{name}", shards))
+    written.append(
+        identity.errors | "ShardIdentity[errors]" >> ShardRecords(
+            1, lambda r: "", lambda r: (r["source"], r["line"]))
+        | "WriteIdentity[errors]" >> WriteShards(temp_dir, "identity/errors", 1))
     stats = [checked.stats, unique.stats, read.files | "FileStats" >> beam.Map(file_stats),
              identity.stats]
-    if cfg.partners:
-        formatted = events | "FormatForPartners" >> FormatForPartners(
-            cfg.partners, cfg.partner_config(), overrides=cfg.overrides,
+    groups: dict[str, list[str]] = {}
+    for partner in cfg.partners:
+        groups.setdefault(cfg.pii_policy(partner), []).append(partner)
+    formatted: dict[str, Any] = {}
+    for policy, partners in groups.items():
+        if policy not in policed:
+            policed[policy] = events | f"Pii[{policy}]" >> ApplyPii(policy, identities, salt)
+        label = "FormatForPartners" if len(groups) == 1 else f"FormatForPartners[{policy}]"
+        out = policed[policy] | label >> FormatForPartners(
+            tuple(partners), cfg.partner_config(), overrides=cfg.overrides,
             forward_new_fields=cfg.forward_new_fields)
-        stats.append(formatted.stats)
+        stats.append(out[STATS])
+        for partner in partners:
+            formatted[partner] = out[partner]
+            formatted[skipped_tag(partner)] = out[skipped_tag(partner)]
     for partner in cfg.partners:
         written += [
             formatted[partner] | f"Write[{partner}]" >> WriteShards(
@@ -144,6 +172,11 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
                                      deliver=cfg.deliver, dry_run=cfg.deliver_dry_run)
     return p | "CommitOutputs" >> CommitOutputs(
         cfg.output, temp_dir, OUTPUT_FOLDERS, written, stats, make_summary)
+
+
+def _json_key(record: dict) -> str:
+    """Shard and order identity/ records by their canonical JSON (braze_id first)."""
+    return codec.dumps(record).decode()
 
 
 def summary_with_identity(stats: dict, **options: Any) -> dict:

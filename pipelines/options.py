@@ -76,6 +76,15 @@ class RunConfig(BaseModel):
     identity_map: str | None = None
     deletions: str | None = None
     no_backfill_identities: bool = False
+    # PII controls (transforms.pii, docs/identity.md); None: as --pii
+    pii: Literal["keep", "hash", "drop"] = "keep"
+    pii_events: Literal["keep", "hash", "drop"] | None = None
+    pii_amplitude: Literal["keep", "hash", "drop"] | None = None
+    pii_mixpanel: Literal["keep", "hash", "drop"] | None = None
+    pii_mparticle: Literal["keep", "hash", "drop"] | None = None
+    pii_segment: Literal["keep", "hash", "drop"] | None = None
+    pii_identities: bool = False
+    pii_salt: SecretStr | None = None  # from CURRENTS_PII_SALT, only when a policy hashes
     # delivery to the partners' APIs (transforms.deliver, docs/delivery.md)
     deliver: tuple[str, ...] = ()
     deliver_dry_run: bool = False
@@ -179,6 +188,13 @@ class RunConfig(BaseModel):
             max_backoff=max(self.delivery_backoff, min(60.0, self.delivery_timeout / 4)),
             max_rps=getattr(self, f"{partner}_max_rps"), dry_run=self.deliver_dry_run,
             concurrency=self.delivery_concurrency)
+
+    def pii_policy(self, output: str) -> str:
+        """The PII policy of ``events`` (also dead letter and duplicates) or a partner."""
+        return getattr(self, f"pii_{output}") or self.pii
+
+    def pii_salt_value(self) -> str | None:
+        return self.pii_salt.get_secret_value() if self.pii_salt else None
 
     def partner_config(self) -> dict:
         """Settings the partner formatters need (the token is revealed only here)."""
@@ -342,6 +358,23 @@ def parser() -> argparse.ArgumentParser:
                     help="give partners only each event's own external_id (default: an "
                          "event without one gets its braze_id's external_id from the "
                          "identity map; see docs/identity.md)")
+    pii = ("keep", "hash", "drop")
+    ap.add_argument("--pii", default="keep", choices=pii,
+                    help="fields the catalogue marks [PII] (and unknown fields named like "
+                         "personal data, schemas/pii.json) in every output: keep, hash "
+                         "(HMAC-SHA256 keyed by $CURRENTS_PII_SALT, hex) or drop "
+                         "(default: keep)")
+    for output in ("events", *PARTNERS):
+        where = ("events/, dead_letter/ and duplicates/" if output == "events"
+                 else f"partners/{output}/")
+        ap.add_argument(f"--pii-{output}", f"--pii_{output}", dest=f"pii_{output}",
+                        default=None, choices=pii,
+                        help=f"--pii for {where} only (default: as --pii)")
+    ap.add_argument("--pii-identities", "--pii_identities", dest="pii_identities",
+                    type=_flag, nargs="?", const=True, default=False,
+                    help="apply --pii to the identity fields too (user_id, external_user_id, "
+                         "device_id; and identity/): hashing them changes attribution at "
+                         "the partners (default: off)")
     _delivery_options(ap)
     return ap
 
@@ -413,6 +446,11 @@ def parse(argv: list[str] | None) -> tuple[RunConfig, list[str]]:
             values[dest] = os.environ[env]
         if values[dest] is not None and dest != "mixpanel_project_id":
             values[dest] = SecretStr(values[dest])  # masked in any error's repr
+    policies = tuple(values[k] or values["pii"] for k in
+                     ("pii", "pii_events", *(f"pii_{p}" for p in PARTNERS)))
+    if "hash" in policies:
+        from transforms.pii import salt_from_env
+        values["pii_salt"] = SecretStr(salt_from_env(policies))  # ValueError: no salt
     if values["input"] is None:
         values["input"] = bundled_sample()
         values["output"] = values["output"] or os.path.join(os.getcwd(), "output")

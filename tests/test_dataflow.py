@@ -113,7 +113,10 @@ def test_flex_template_parameters_reach_the_pipeline_config():
               "mixpanel_token": "t0k", "mparticle_environment": "development", "shards": "3",
               "batch_size": "500", "max_invalid_ratio": "0.25", "forward_new_fields": "true",
               "strict": "false", "deliver": "",
-              "amplitude_api": "batch", "deliver_dry_run": "true", "delivery_concurrency": "2"}
+              "amplitude_api": "batch", "deliver_dry_run": "true", "delivery_concurrency": "2",
+              "no_backfill_identities": "true", "pii": "drop", "pii_events": "keep",
+              "pii_amplitude": "keep", "pii_mixpanel": "drop", "pii_mparticle": "drop",
+              "pii_segment": "keep", "pii_identities": "false"}
     for p in flex_template_metadata()["parameters"]:
         for regex in p.get("regexes", []):
             assert re.fullmatch(regex, values[p["name"]]), p["name"]
@@ -125,6 +128,8 @@ def test_flex_template_parameters_reach_the_pipeline_config():
     assert cfg.partner_config()["mixpanel_token"] == "t0k"
     assert (cfg.forward_new_fields, cfg.strict) == (True, False)
     assert (cfg.deliver, cfg.amplitude_api, cfg.deliver_dry_run) == ((), "batch", True)
+    assert (cfg.no_backfill_identities, cfg.pii_policy("events"), cfg.pii_policy("mixpanel"),
+            cfg.pii_identities) == (True, "keep", "drop", False)
 
 
 def test_dockerfile_uses_the_launcher_image_and_the_pins():

@@ -127,15 +127,15 @@ def test_map_conflicts_and_errors_outputs(identity_run):
         T0 + 500, T0 + 500)
     assert entries["b-o1"]["merge_hops"] == 2
     conflicts = read_folder(identity_run, "identity/conflicts")
-    assert conflicts == [
+    assert conflicts == [  # in the order of their canonical JSON: by braze_id
+        {"kind": "merge_cycle", "braze_id": "b-c1", "members": ["b-c1", "b-c2"],
+         "chosen": "b-c1"},
         {"kind": "external_ids", "braze_id": "b-two", "source": "export", "chosen": "x2",
          "candidates": [
              {"external_id": "x1", "events": 2, "first_seen": T0 + 400,
               "last_seen": T0 + 450},
              {"external_id": "x2", "events": 1, "first_seen": T0 + 500,
-              "last_seen": T0 + 500}]},
-        {"kind": "merge_cycle", "braze_id": "b-c1", "members": ["b-c1", "b-c2"],
-         "chosen": "b-c1"}]
+              "last_seen": T0 + 500}]}]
     errors = read_folder(identity_run, "identity/errors")
     assert [(Path(e["source"]).name, e["line"]) for e in errors] == [("map.csv", 3)]
 

@@ -51,8 +51,11 @@ def test_sample_run_outputs_and_summary(sample_run, catalogue):
     anonymous = sum(1 for e in events if e.get("external_user_id") is None)
     assert anonymous > 0.2 * len(events)
     not_sent = ("users.RandomBucketNumberUpdate", "users.UserOrphan")  # their type's reason
+    # partners take the external_id the identity map resolved (docs/identity.md)
     assert summary["partners"]["mixpanel"]["not_eligible"] == sum(
-        1 for e in events if e.get("external_user_id") is None and e["event_type"] not in not_sent)
+        1 for e in events if e["resolved_external_user_id"] is None
+        and e["event_type"] not in not_sent)
+    assert summary["identity"]["backfilled_export"] > 0
     for p in summary["partners"].values():
         assert p["eligible"] + p["not_eligible"] == summary["valid"]
     # the newer schema's extra field is kept
