@@ -88,7 +88,7 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
     checked = read.rows | "ValidateEvents" >> ValidateEvents(strict=cfg.strict)
     unique = checked.valid | "DeduplicateEvents" >> DeduplicateEvents(n, spill_dir)
     identity = unique.events | "ResolveIdentityMap" >> ResolveIdentityMap(
-        cfg.identity_map, cfg.deletions, backfill=not cfg.no_backfill_identities)
+        cfg.identity_map, cfg.deletions, backfill=not cfg.no_backfill_identities, buckets=n)
     events = identity.events  # each with identity_source, resolved_external_user_id
 
     root = input_root(cfg.input)  # shard by the path within the export, not its location
@@ -117,14 +117,19 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
     hide = (functools.partial(apply_to_identity_record, policy=events_policy,
                               digest=hasher(salt) if salt else None)
             if identities and events_policy != "keep" else None)
-    for name, records, shards in (("map", identity.map, n),
-                                  ("conflicts", identity.conflicts, 1),
-                                  ("deletions", identity.deletions, 1)):
+    identity_map = identity.map
+    if hide is not None:
+        identity_map = identity_map | "PiiIdentity[map]" >> beam.Map(
+            lambda sl: (sl[0], [codec.dumps(hide(codec.loads(line))) for line in sl[1]]))
+    written.append(identity_map | "WriteIdentity[map]" >> WriteShards(
+        temp_dir, "identity/map", n))
+    for name, records in (("conflicts", identity.conflicts),
+                          ("deletions", identity.deletions)):
         if hide is not None:
             records = records | f"PiiIdentity[{name}]" >> beam.Map(hide)
         written.append(
-            records | f"ShardIdentity[{name}]" >> ShardRecords(shards, _json_key, _json_key)
-            | f"WriteIdentity[{name}]" >> WriteShards(temp_dir, f"identity/{name}", shards))
+            records | f"ShardIdentity[{name}]" >> ShardRecords(1, _json_key, _json_key)
+            | f"WriteIdentity[{name}]" >> WriteShards(temp_dir, f"identity/{name}", 1))
     written.append(
         identity.errors | "ShardIdentity[errors]" >> ShardRecords(
             1, lambda r: "", lambda r: (r["source"], r["line"]))

@@ -18,6 +18,7 @@ input of every worker.
 from __future__ import annotations
 
 import csv
+import zlib
 from collections import Counter
 from typing import Any, Iterable, Iterator, NamedTuple
 
@@ -36,7 +37,9 @@ ADDED_FIELDS = ("identity_source", "resolved_external_user_id", "user_deleted")
 DELETED_REASON = "user_deleted"
 
 MERGES, DELETIONS, EVIDENCE, NEEDS = "merges", "deletions", "evidence", "needs"
-CONFLICTS, ERRORS, MAP = "conflicts", "errors", "map"
+CONFLICTS, ERRORS, MAP, FOUND = "conflicts", "errors", "map", "found"
+# Rows of a user's map per shuffled element
+BATCH = 5000
 
 
 def _present(value: Any) -> bool:
@@ -47,28 +50,42 @@ def _time(value: Any) -> int:
     return value if isinstance(value, int) else -1
 
 
-class _Scan(beam.DoFn):
-    """One pass over the deduplicated events: what the map is built from."""
+def bucket_of(braze_id: str, buckets: int) -> int:
+    """The bucket of a braze_id: CRC32, stable across processes and machines."""
+    return zlib.crc32(braze_id.encode("utf-8", "surrogatepass")) % buckets
 
-    def __init__(self, backfill: bool):
-        self._backfill = backfill
+
+class _Scan(beam.DoFn):
+    """One pass over a shard of deduplicated events: what the map is built from, in one
+    element per (bucket, kind): the shuffle pays per batch, not per event."""
+
+    def __init__(self, backfill: bool, buckets: int):
+        self._backfill, self._buckets = backfill, buckets
 
     def process(self, element: ShardLines) -> Iterator[Any]:
         shard, lines = element
+        n = self._buckets
+        batches: dict[tuple[int, str], list] = {}
+        merges = []
         for idx, line in enumerate(lines):
             r = codec.loads(line)
             uid, ext, etype = r.get("user_id"), r.get("external_user_id"), r.get("event_type")
+            if not _present(uid):
+                continue
             t = _time(r.get("time"))
-            if etype == ORPHAN and _present(uid) and _present(r.get("orphaned_by_id")):
-                yield beam.pvalue.TaggedOutput(MERGES, (uid, r["orphaned_by_id"], t,
-                                                        str(r.get("id"))))
-            elif etype == DELETE_REQUEST and _present(uid):
-                yield beam.pvalue.TaggedOutput(DELETIONS, (uid, (EXPORT, t)))
+            if etype == ORPHAN and _present(r.get("orphaned_by_id")):
+                merges.append((uid, r["orphaned_by_id"], t, str(r.get("id"))))
+            elif etype == DELETE_REQUEST:
+                batches.setdefault((bucket_of(uid, n), DELETIONS), []).append(
+                    (uid, EXPORT, t))
             if _present(ext):
-                if _present(uid):
-                    yield beam.pvalue.TaggedOutput(EVIDENCE, (uid, (ext, t)))
-            elif _present(uid) and self._backfill:
-                yield beam.pvalue.TaggedOutput(NEEDS, (uid, (shard, idx)))
+                batches.setdefault((bucket_of(uid, n), EVIDENCE), []).append((uid, ext, t))
+            elif self._backfill:
+                batches.setdefault((bucket_of(uid, n), NEEDS), []).append((uid, shard, idx))
+        for (bucket, kind), items in sorted(batches.items()):
+            yield bucket, (kind, items)
+        if merges:
+            yield beam.pvalue.TaggedOutput(MERGES, merges)
 
 
 class Candidates(beam.CombineFn):
@@ -117,17 +134,103 @@ def _entry(braze_id: str, ext: str, source: str, first: int, last: int) -> dict:
             "first_seen": _seen(first), "last_seen": _seen(last)}
 
 
-def _pick(element: tuple[str, dict], source: str) -> Iterator[Any]:
-    braze_id, cands = element
+def _pick(braze_id: str, cands: dict, source: str, conflicts: list) -> dict:
     ext = choose(cands)
     _, first, last = cands[ext]
-    yield braze_id, _entry(braze_id, ext, source, first, last)
     if len(cands) > 1:
-        yield beam.pvalue.TaggedOutput(CONFLICTS, {
+        conflicts.append({
             "kind": "external_ids", "braze_id": braze_id, "source": source, "chosen": ext,
             "candidates": [{"external_id": e, "events": n, "first_seen": _seen(f),
                             "last_seen": _seen(l)}
                            for e, (n, f, l) in sorted(cands.items())]})
+    return _entry(braze_id, ext, source, first, last)
+
+
+def _candidates(items: Iterable[tuple[str, str, int]]) -> dict[str, dict]:
+    combine = Candidates()
+    out: dict[str, dict] = {}
+    for uid, ext, t in items:
+        combine.add_input(out.setdefault(uid, {}), (ext, t))
+    return out
+
+
+class _Known(beam.DoFn):
+    """Stage 1, per bucket of braze_ids: the export's own evidence and the user's map,
+    each braze_id's external_id chosen; orphans merged into a survivor of this bucket
+    get its external_id (sent to the orphan's bucket)."""
+
+    def __init__(self, buckets: int):
+        self._buckets = buckets
+
+    def process(self, element: tuple[int, Iterable]) -> Iterator[Any]:
+        bucket, batches = element
+        evidence, user_rows, orphans = [], [], []
+        for kind, items in batches:
+            {EVIDENCE: evidence, USER_MAP: user_rows, MERGES: orphans}[kind].extend(items)
+        conflicts: list[dict] = []
+        direct = {uid: _pick(uid, c, EXPORT, conflicts)
+                  for uid, c in _candidates(evidence).items()}
+        user = {uid: _pick(uid, c, USER_MAP, conflicts)
+                for uid, c in _candidates(user_rows).items()}
+        yield bucket, (EXPORT, list(direct.values()))
+        yield bucket, (USER_MAP, list(user.values()))
+        merged: dict[int, list] = {}
+        for survivor, orphan, hops, t in orphans:
+            found = direct.get(survivor) or user.get(survivor)
+            if found is None:
+                continue
+            entry = _entry(orphan, found["external_id"], MERGE, t, t)
+            entry["merged_into"], entry["merge_hops"] = survivor, hops
+            merged.setdefault(bucket_of(orphan, self._buckets), []).append(entry)
+        for target, entries in sorted(merged.items()):
+            yield target, (MERGE, entries)
+        for c in conflicts:
+            yield beam.pvalue.TaggedOutput(CONFLICTS, c)
+
+
+class _Resolve(beam.DoFn):
+    """Stage 2, per bucket: one entry per braze_id (the export's own evidence, else a
+    merge, else the user's map), written as the bucket's identity/map/ shard; the
+    resolutions of the events that lack an external_id, by event shard; the deletion
+    requests with the external_id they cover."""
+
+    def process(self, element: tuple[int, Iterable]) -> Iterator[Any]:
+        bucket, batches = element
+        by_source: dict[str, list] = {EXPORT: [], MERGE: [], USER_MAP: []}
+        needs, requests = [], []
+        for kind, items in batches:
+            if kind == NEEDS:
+                needs.extend(items)
+            elif kind == DELETIONS:
+                requests.extend(items)
+            else:
+                by_source[kind].extend(items)
+        final: dict[str, dict] = {}
+        for source in (USER_MAP, MERGE, EXPORT):  # later sources win
+            for entry in by_source[source]:
+                final[entry["braze_id"]] = entry
+        if final:
+            yield beam.pvalue.TaggedOutput(MAP, (bucket, [
+                codec.dumps(final[uid]) for uid in sorted(final)]))
+        found: dict[int, list] = {}
+        for uid, shard, idx in needs:
+            entry = final.get(uid)
+            if entry is not None:
+                found.setdefault(shard, []).append((idx, entry["external_id"],
+                                                    entry["source"]))
+        for shard, items in sorted(found.items()):
+            yield beam.pvalue.TaggedOutput(FOUND, (shard, items))
+        asked: dict[str, list] = {}
+        for uid, source, t in requests:
+            asked.setdefault(uid, []).append((source, t))
+        for uid in sorted(asked):
+            times = [t for _, t in asked[uid] if t >= 0]
+            entry = final.get(uid)
+            yield beam.pvalue.TaggedOutput(DELETIONS, {
+                "braze_id": uid, "external_id": entry["external_id"] if entry else None,
+                "sources": sorted({s for s, _ in asked[uid]}),
+                "requested_at": max(times) if times else None})
+        yield beam.pvalue.TaggedOutput(STATS, {"identity/map_entries": len(final)})
 
 
 def follow_merges(merges: Iterable[tuple[str, str, int, str]]) -> Iterator[Any]:
@@ -156,30 +259,6 @@ def follow_merges(merges: Iterable[tuple[str, str, int, str]]) -> Iterator[Any]:
         yield beam.pvalue.TaggedOutput(CONFLICTS, {
             "kind": "merge_cycle", "braze_id": cycle[0], "members": list(cycle),
             "chosen": cycle[0]})
-
-
-def _merged(element: tuple[str, dict]) -> Iterator[tuple[str, dict]]:
-    """Orphans of one survivor get the survivor's external_id (from the export, else the
-    user's map)."""
-    survivor, joined = element
-    found = list(joined["direct"]) or list(joined["user"])
-    if not found:
-        return
-    ext = found[0]["external_id"]
-    for orphan, hops, t in joined["orphans"]:
-        entry = _entry(orphan, ext, MERGE, t, t)
-        entry["merged_into"], entry["merge_hops"] = survivor, hops
-        yield orphan, entry
-
-
-def _final(element: tuple[str, dict]) -> Iterator[tuple[str, dict]]:
-    """One entry per braze_id: the export's own evidence, else a merge, else the map."""
-    braze_id, joined = element
-    for source in ("direct", "merge", "user"):
-        found = list(joined[source])
-        if found:
-            yield braze_id, found[0]
-            return
 
 
 def _parse_map_line(line: str, header: list[str] | None) -> tuple[str, str, int]:
@@ -290,34 +369,46 @@ def _read_deletions(pattern: str) -> Iterator[Any]:
         yield braze_id, ("deletions_file", -1)
 
 
-def _deletion_record(element: tuple[str, dict]) -> Iterator[dict]:
-    braze_id, joined = element
-    requests = list(joined["requests"])
-    if not requests:
-        return
-    entries = list(joined["map"])
-    times = [t for _, t in requests if t >= 0]
-    yield {"braze_id": braze_id,
-           "external_id": entries[0]["external_id"] if entries else None,
-           "sources": sorted({s for s, _ in requests}),
-           "requested_at": max(times) if times else None}
+def _batched(rows: Iterable[Any], kind: str, buckets: int,
+             size: int = BATCH) -> Iterator[Any]:
+    """``(braze_id, value)`` rows -> ``(bucket, (kind, [(braze_id, *value)]))`` batches;
+    tagged outputs (errors, conflicts) passed through."""
+    pending: dict[int, list] = {}
+    for row in rows:
+        if isinstance(row, beam.pvalue.TaggedOutput):
+            yield row
+            continue
+        braze_id, value = row
+        bucket = bucket_of(braze_id, buckets)
+        items = pending.setdefault(bucket, [])
+        items.append((braze_id, *value))
+        if len(items) >= size:
+            yield bucket, (kind, pending.pop(bucket))
+    for bucket, items in sorted(pending.items()):
+        yield bucket, (kind, items)
+
+
+def _orphans(merges: Iterable[list], buckets: int) -> Iterator[Any]:
+    """All merges (one worker: see the module docstring) -> orphans by their survivor's
+    bucket, ``(survivor, orphan, hops, time)``."""
+    yield from _batched(follow_merges(m for batch in merges for m in batch), MERGES,
+                        buckets)
 
 
 class _Annotate(beam.DoFn):
     """A shard's events with identity_source and resolved_external_user_id (and
-    user_deleted); the Currents fields untouched."""
+    user_deleted); the Currents fields untouched. ``found``: a multimap side input read
+    by shard (one shard's resolutions at a time, not the whole map)."""
 
-    def process(self, element: tuple[int, dict], deleted: list[dict]) -> Iterator[Any]:
-        shard, joined = element
-        batches = list(joined["events"])
-        if not batches:
-            return
-        found = {idx: (ext, source) for idx, ext, source in joined["found"]}
+    def process(self, element: ShardLines, found: Any, deleted: list[dict]) -> Iterator[Any]:
+        shard, lines = element
+        found = {idx: (ext, source) for items in found[shard]
+                 for idx, ext, source in items}
         deleted_ids = {d["braze_id"] for d in deleted}
         deleted_ext = {d["external_id"] for d in deleted if d["external_id"]}
         stats: Counter = Counter()
         out = []
-        for idx, line in enumerate(line for batch in batches for line in batch):
+        for idx, line in enumerate(lines):
             r = codec.loads(line)
             ext = r.get("external_user_id")
             if _present(ext):
@@ -341,7 +432,7 @@ class _Annotate(beam.DoFn):
 
 class IdentityOutputs(NamedTuple):
     events: beam.PCollection      # ShardLines, as DeduplicateEvents' events, annotated
-    map: beam.PCollection         # identity map entries (dicts)
+    map: beam.PCollection         # ShardLines of identity/map/ (shard = bucket of braze_id)
     conflicts: beam.PCollection   # conflict records (dicts)
     deletions: beam.PCollection   # deletion request records (dicts)
     errors: beam.PCollection      # malformed lines of --identity-map / --deletions
@@ -360,80 +451,65 @@ class ResolveIdentityMap(beam.PTransform):
     """
 
     def __init__(self, identity_map: str | None = None, deletions: str | None = None,
-                 backfill: bool = True):
+                 backfill: bool = True, buckets: int = 8):
         super().__init__()
         self._map_path, self._deletions_path, self._backfill = (
             identity_map, deletions, backfill)
+        if buckets < 1:
+            raise ValueError("buckets must be >= 1")
+        self._buckets = buckets
 
     def expand(self, events):
-        p = events.pipeline
-        scan = events | "Scan" >> beam.ParDo(_Scan(self._backfill)).with_outputs(
-            MERGES, DELETIONS, EVIDENCE, NEEDS)
-        picked = (scan[EVIDENCE] | "CandidatesPerBrazeId" >> beam.CombinePerKey(Candidates())
-                  | "PickFromExport" >> beam.FlatMap(_pick, EXPORT).with_outputs(
-                      CONFLICTS, main=MAP))
-        errors, conflicts = [], [picked[CONFLICTS]]
-        if self._map_path:
-            user_rows = (p | "UserMapPath" >> beam.Create([self._map_path])
-                         | "ReadUserMap" >> beam.FlatMap(_read_user_map).with_outputs(
-                             ERRORS, main="rows"))
-            errors.append(user_rows[ERRORS])
-            user = (user_rows.rows | "UserMapCandidates" >> beam.CombinePerKey(Candidates())
-                    | "PickFromUserMap" >> beam.FlatMap(_pick, USER_MAP).with_outputs(
-                        CONFLICTS, main=MAP))
-            conflicts.append(user[CONFLICTS])
-            user_map = user[MAP]
-        else:
-            user_map = p | "NoUserMap" >> beam.Create([])
+        p, n = events.pipeline, self._buckets
+        scan = events | "Scan" >> beam.ParDo(_Scan(self._backfill, n)).with_outputs(
+            MERGES, main="batches")
+        first = [scan.batches | "EvidenceOnly" >> beam.Filter(lambda b: b[1][0] == EVIDENCE)]
+        second = [scan.batches | "NeedsAndRequests" >> beam.Filter(
+            lambda b: b[1][0] != EVIDENCE)]
+        errors, conflicts = [], []
+        for path, name, reader, to in ((self._map_path, "UserMap", _read_user_map, first),
+                                       (self._deletions_path, "Deletions", _read_deletions,
+                                        second)):
+            if path:
+                kind = USER_MAP if name == "UserMap" else DELETIONS
+                rows = (p | f"{name}Path" >> beam.Create([path])
+                        | f"Read{name}" >> beam.FlatMap(
+                            lambda path, reader=reader, kind=kind: _batched(
+                                reader(path), kind, n)).with_outputs(ERRORS, main="rows"))
+                errors.append(rows[ERRORS])
+                to.append(rows.rows)
         chains = (scan[MERGES] | "AllMerges" >> beam.Map(lambda m: (None, m))
                   | "GroupMerges" >> beam.GroupByKey()
-                  | "FollowChains" >> beam.FlatMap(lambda kv: follow_merges(kv[1]))
+                  | "FollowChains" >> beam.FlatMap(lambda kv: _orphans(kv[1], n))
                   .with_outputs(CONFLICTS, main="orphans"))
         conflicts.append(chains[CONFLICTS])
-        merged = ({"orphans": chains.orphans, "direct": picked[MAP], "user": user_map}
-                  | "JoinSurvivors" >> beam.CoGroupByKey()
-                  | "OrphansGetSurvivorIds" >> beam.FlatMap(_merged))
-        final = ({"direct": picked[MAP], "merge": merged, "user": user_map}
-                 | "JoinSources" >> beam.CoGroupByKey()
-                 | "OneEntryPerBrazeId" >> beam.FlatMap(_final))
-
-        requests = [scan[DELETIONS]]
-        if self._deletions_path:
-            listed = (p | "DeletionsPath" >> beam.Create([self._deletions_path])
-                      | "ReadDeletions" >> beam.FlatMap(_read_deletions).with_outputs(
-                          ERRORS, main="rows"))
-            errors.append(listed[ERRORS])
-            requests.append(listed.rows)
-        deletions = ({"requests": requests | "AllRequests" >> beam.Flatten(), "map": final}
-                     | "JoinDeletions" >> beam.CoGroupByKey()
-                     | "DeletionRecords" >> beam.FlatMap(_deletion_record))
-
-        found = ({"needs": scan[NEEDS], "map": final}
-                 | "JoinNeeds" >> beam.CoGroupByKey()
-                 | "FoundPerShard" >> beam.FlatMap(lambda kv: [
-                     (shard, (idx, entry["external_id"], entry["source"]))
-                     for entry in list(kv[1]["map"])[:1] for shard, idx in kv[1]["needs"]]))
-        annotated = ({"events": events, "found": found}
-                     | "JoinShards" >> beam.CoGroupByKey()
-                     | "Annotate" >> beam.ParDo(
-                         _Annotate(), beam.pvalue.AsList(deletions)).with_outputs(
-                         STATS, main="events"))
+        first.append(chains.orphans)
+        known = (first | "FirstInputs" >> beam.Flatten()
+                 | "GroupFirst" >> beam.GroupByKey()
+                 | "KnownIds" >> beam.ParDo(_Known(n)).with_outputs(CONFLICTS, main="known"))
+        conflicts.append(known[CONFLICTS])
+        second.append(known.known)
+        resolved = (second | "SecondInputs" >> beam.Flatten()
+                    | "GroupSecond" >> beam.GroupByKey()
+                    | "Resolve" >> beam.ParDo(_Resolve()).with_outputs(
+                        MAP, FOUND, DELETIONS, STATS))
+        deletions = resolved[DELETIONS]
+        annotated = events | "Annotate" >> beam.ParDo(
+            _Annotate(), beam.pvalue.AsMultiMap(resolved[FOUND]),
+            beam.pvalue.AsList(deletions)).with_outputs(STATS, main="events")
         conflicts = conflicts | "AllConflicts" >> beam.Flatten()
         errors = (errors or [p | "NoErrors" >> beam.Create([])]) | "AllErrors" >> beam.Flatten()
-        summary_counts = [
-            annotated[STATS],
-            conflicts | "CountConflicts" >> beam.Map(
-                lambda c: {f"identity/conflicts/{c['kind']}": 1}),
-            chains.orphans | "CountChains" >> beam.Map(
-                lambda kv: {"identity/orphan_chains": int(kv[1][1] >= 2),
-                            "identity/orphans_merged": 1}),
-            deletions | "CountDeletions" >> beam.Map(lambda d: {"identity/deletion_requests": 1}),
-            errors | "CountErrors" >> beam.Map(lambda e: {"identity/input_errors": 1}),
-            final | "CountMap" >> beam.Map(lambda kv: {"identity/map_entries": 1}),
-        ]
-        stats = summary_counts | "IdentityStats" >> beam.Flatten()
-        return IdentityOutputs(annotated.events, final | "Entries" >> beam.Values(),
-                               conflicts, deletions, errors, stats)
+        orphans_merged = chains.orphans | "CountChains" >> beam.Map(lambda b: {
+            "identity/orphan_chains": sum(hops >= 2 for _, _, hops, _ in b[1][1]),
+            "identity/orphans_merged": len(b[1][1])})
+        stats = [annotated[STATS], resolved[STATS], orphans_merged,
+                 conflicts | "CountConflicts" >> beam.Map(
+                     lambda c: {f"identity/conflicts/{c['kind']}": 1}),
+                 deletions | "CountDeletions" >> beam.Map(
+                     lambda d: {"identity/deletion_requests": 1}),
+                 errors | "CountErrors" >> beam.Map(lambda e: {"identity/input_errors": 1})]
+        return IdentityOutputs(annotated.events, resolved[MAP], conflicts, deletions, errors,
+                               stats | "IdentityStats" >> beam.Flatten())
 
 
 def identity_summary(stats: dict) -> dict:
