@@ -88,7 +88,8 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
     checked = read.rows | "ValidateEvents" >> ValidateEvents(strict=cfg.strict)
     unique = checked.valid | "DeduplicateEvents" >> DeduplicateEvents(n, spill_dir)
     identity = unique.events | "ResolveIdentityMap" >> ResolveIdentityMap(
-        cfg.identity_map, cfg.deletions, backfill=not cfg.no_backfill_identities, buckets=n)
+        cfg.identity_map, cfg.deletions, backfill=not cfg.no_backfill_identities, buckets=n,
+        spill_dir=spill_dir)
     events = identity.events  # each with identity_source, resolved_external_user_id
 
     root = input_root(cfg.input)  # shard by the path within the export, not its location

@@ -271,12 +271,16 @@ Outputs under --output:
   partners/<p>/_skipped/  events not sent to p: {event_type, id, reason}
   delivery_failed/<p>/  with --deliver: payloads p did not take:
                  {reason, event_type, id, status, error, payload}
+  identity/map|conflicts|deletions|errors/   braze_id -> external_id map (a valid
+                 --identity-map), conflicts, deletion requests, bad input lines
   summary.json   counts; written last, it marks a complete run
 
 Delivery credentials (with --deliver; options of the same names override them):
   AMPLITUDE_API_KEY; MIXPANEL_SERVICE_ACCOUNT_USERNAME, MIXPANEL_SERVICE_ACCOUNT_SECRET
   and MIXPANEL_PROJECT_ID, or MIXPANEL_API_SECRET; MPARTICLE_API_KEY and
   MPARTICLE_API_SECRET; SEGMENT_WRITE_KEY. See docs/delivery.md.
+
+PII: --pii hash needs CURRENTS_PII_SALT (the HMAC key). See docs/identity.md.
 
 Exit codes: 0 success; 1 run failed, --max-invalid-ratio exceeded or events not
 delivered (retries exhausted, credentials refused); 2 bad options/input.

@@ -152,6 +152,8 @@ def test_summary_identity_counts(identity_run):
         "from_event": 6, "backfilled_export": 4, "backfilled_merge": 4,
         "backfilled_user_map": 1, "unresolved": 3, "conflicts": 2, "orphan_chains": 1}
     assert ident["deletion_requests"] == 1 and ident["input_errors"] == 1
+    assert sum(ident[k] for k in ("from_event", "backfilled_export", "backfilled_merge",
+                                  "backfilled_user_map", "unresolved")) == summary["valid"]
     assert summary["conservation_ok"]
     # eligibility reflects backfill: of the custom events only ev-13 has no external_id
     for partner in ("mixpanel", "mparticle"):

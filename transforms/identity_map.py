@@ -18,11 +18,13 @@ input of every worker.
 from __future__ import annotations
 
 import csv
+import uuid
 import zlib
 from collections import Counter
 from typing import Any, Iterable, Iterator, NamedTuple
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import codec
@@ -395,6 +397,16 @@ def _orphans(merges: Iterable[list], buckets: int) -> Iterator[Any]:
                         buckets)
 
 
+def _park(element: ShardLines, folder: str) -> tuple[int, str]:
+    """A shard's events to a file of their own: the local runner would otherwise hold
+    every event in its memory until the map is built (the events wait for it)."""
+    shard, lines = element
+    path = FileSystems.join(folder, f"identity-{shard}-{uuid.uuid4().hex}.zst")
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as fo:
+        fo.write(codec.pack(lines))
+    return shard, path
+
+
 class _Annotate(beam.DoFn):
     """A shard's events with identity_source and resolved_external_user_id (and
     user_deleted); the Currents fields untouched. ``found``: a multimap side input read
@@ -402,6 +414,9 @@ class _Annotate(beam.DoFn):
 
     def process(self, element: ShardLines, found: Any, deleted: list[dict]) -> Iterator[Any]:
         shard, lines = element
+        if isinstance(lines, str):  # parked (see _park)
+            with FileSystems.open(lines, compression_type=CompressionTypes.UNCOMPRESSED) as fo:
+                lines = codec.unpack(fo.read())
         found = {idx: (ext, source) for items in found[shard]
                  for idx, ext, source in items}
         deleted_ids = {d["braze_id"] for d in deleted}
@@ -448,11 +463,15 @@ class ResolveIdentityMap(beam.PTransform):
     ``resolved_external_user_id`` (and ``user_deleted: true`` under a deletion request).
     ``identity_map``/``deletions``: paths (local, gs://, ...) or None; ``backfill``
     False: only an event's own external_id counts (the map is still built and written).
+    ``buckets``: braze_ids are resolved in this many groups (one worker holds one
+    bucket's evidence and map); ``spill_dir``: as DeduplicateEvents' (local runner), where
+    the events wait for the map as files instead of in the runner's memory.
     """
 
     def __init__(self, identity_map: str | None = None, deletions: str | None = None,
-                 backfill: bool = True, buckets: int = 8):
+                 backfill: bool = True, buckets: int = 8, spill_dir: str | None = None):
         super().__init__()
+        self._spill_dir = spill_dir
         self._map_path, self._deletions_path, self._backfill = (
             identity_map, deletions, backfill)
         if buckets < 1:
@@ -494,7 +513,10 @@ class ResolveIdentityMap(beam.PTransform):
                     | "Resolve" >> beam.ParDo(_Resolve()).with_outputs(
                         MAP, FOUND, DELETIONS, STATS))
         deletions = resolved[DELETIONS]
-        annotated = events | "Annotate" >> beam.ParDo(
+        waiting = events
+        if self._spill_dir is not None:
+            waiting = events | "Park" >> beam.Map(_park, self._spill_dir)
+        annotated = waiting | "Annotate" >> beam.ParDo(
             _Annotate(), beam.pvalue.AsMultiMap(resolved[FOUND]),
             beam.pvalue.AsList(deletions)).with_outputs(STATS, main="events")
         conflicts = conflicts | "AllConflicts" >> beam.Flatten()
