@@ -108,13 +108,13 @@ def test_deleted_user_reaches_no_partner(identity_run):
         assert "dora" not in text and "b-del" not in text and "dev-d" not in text, partner
         skipped = read_folder(identity_run, f"partners/{partner}/_skipped")
         assert sorted(s["id"] for s in skipped if s["reason"] == "user_deleted") == [
-            "del-1", "ev-11", "ev-12"], partner
+            "ev-11", "ev-12"], partner  # the request itself: storage_only_event
     assert read_folder(identity_run, "identity/deletions") == [
         {"braze_id": "b-del", "external_id": "dora", "sources": ["export"],
          "requested_at": T0 + 95}]
     summary = json.loads((identity_run / "summary.json").read_text())
     for partner in ("amplitude", "mixpanel", "mparticle", "segment"):
-        assert summary["partners"][partner]["skipped_reasons"]["user_deleted"] == 3
+        assert summary["partners"][partner]["skipped_reasons"]["user_deleted"] == 2
 
 
 def test_map_conflicts_and_errors_outputs(identity_run):
@@ -206,3 +206,33 @@ def test_chains_and_cycles():
     cycles = [e.value for e in out if not isinstance(e, tuple)]
     assert cycles == [{"kind": "merge_cycle", "braze_id": "c1",
                        "members": ["c1", "c2", "c3"], "chosen": "c1"}]
+
+
+def test_deletions_file_covers_braze_id_and_its_external_id(tmp_path):
+    """--deletions: the listed braze_id's events and the events of other braze_ids with
+    the external_id it resolves to reach no partner; a bad line is reported."""
+    write_export(tmp_path / "in", {CUSTOM: [
+        custom(30, "b-x", "xavier", 100), custom(31, "b-x", None, 101),
+        custom(32, "b-x2", "xavier", 102), custom(33, "b-keep", "kim", 103)]})
+    deletions = tmp_path / "deletions.csv"
+    deletions.write_text('braze_id,note\nb-x,asked by email\n"",empty\n')
+    out = tmp_path / "out"
+    assert run(["--input", str(tmp_path / "in"), "--output", str(out), "--shards", "1",
+                "--partners", "segment", "--deletions", str(deletions)]) == 0
+    assert [p["userId"] for p in read_folder(out, "partners/segment")] == ["kim"]
+    assert sorted(s["id"] for s in read_folder(out, "partners/segment/_skipped")) == [
+        "ev-30", "ev-31", "ev-32"]
+    assert read_folder(out, "identity/deletions") == [
+        {"braze_id": "b-x", "external_id": "xavier", "sources": ["deletions_file"],
+         "requested_at": None}]
+    assert [e["line"] for e in read_folder(out, "identity/errors")] == [3]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["identity"]["deleted_events"] == 3
+    assert summary["partners"]["segment"]["skipped_reasons"] == {"user_deleted": 3}
+
+
+def test_missing_identity_map_is_a_clear_error(tmp_path, capsys):
+    write_export(tmp_path / "in", {CUSTOM: [custom(40, "b-y", None, 100)]})
+    assert run(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                "--partners", "segment", "--identity-map", str(tmp_path / "nope.csv")]) == 2
+    assert "--identity-map" in capsys.readouterr().err

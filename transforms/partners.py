@@ -16,8 +16,9 @@ run option (token, environment). Rules that hold for every partner, in one place
   with ``forward_new_fields``, never over a mapped key; otherwise they are counted per
   field as ``new_fields_held_back``.
 - An event is skipped, with the first reason that applies: its type is not sent to the
-  partner (``storage_only_event``, ``no_mapping_for_event_type``, an override), the
-  partner's identity rule refuses it (counted as ``not_eligible`` too), or a key the
+  partner (``storage_only_event``, ``no_mapping_for_event_type``, an override), its user
+  asked to be deleted (``user_deleted``, ``transforms.identity_map``), the partner's
+  identity rule refuses it (counted as ``not_eligible`` too), or a key the
   partner's API requires has no value (``missing_required:<key>``).
 
 ``FormatForPartner`` (one partner) is a view of ``FormatForPartners`` (``fanout.py``).
@@ -227,7 +228,9 @@ def compile_partners(event_type: str, partners: tuple[str, ...], mappings: dict[
             event_type, spec, partner, mappings[partner], config, const, value_of,
             lambda key: f"({value_of(rule.keys[key])} if {present(rule.keys[key])} else None)",
             f"x{known[5:]}", known, forward_new_fields)
-        body += [f"if not ({' or '.join(present(f) for f in rule.needs_any)}):",
+        body += ["if D:",  # a deletion request (transforms.identity_map): not sent
+                 f"    S{n}((ET, g('id'), {DELETED_REASON!r}))",
+                 f"elif not ({' or '.join(present(f) for f in rule.needs_any)}):",
                  f"    C[{const(f'partners/{partner}/not_eligible/{rule.reason}')}] += 1",
                  f"    S{n}((ET, g('id'), {rule.reason!r}))", "else:",
                  *_indented(code, 4)]
@@ -235,10 +238,7 @@ def compile_partners(event_type: str, partners: tuple[str, ...], mappings: dict[
                  for i, (var, key, why) in enumerate(required)]
         body.append(f"    {'else: ' if required else ''}P{n}(dumps(c0))")
     head = ["def build(r, C):", "    g = r.get"]
-    # a deletion request (transforms.identity_map): the user's events reach no partner
-    head += ["    if g('user_deleted'):",
-             *[f"        S{n}((ET, g('id'), {DELETED_REASON!r}))"
-               for n in range(len(partners))], "        return"]
+    head.append("    D = g('user_deleted')")  # under a deletion request
     head += [f"    {var} = g({field!r}, g({FALLBACK[field]!r}))" if field in FALLBACK
              else f"    {var} = g({field!r})" for field, var in local.items()]
     for known_set, name in knowns.items():
