@@ -236,3 +236,20 @@ def test_missing_identity_map_is_a_clear_error(tmp_path, capsys):
     assert run(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
                 "--partners", "segment", "--identity-map", str(tmp_path / "nope.csv")]) == 2
     assert "--identity-map" in capsys.readouterr().err
+
+
+def test_identity_map_from_gs(gcs_emulator, tmp_path):
+    """--identity-map on gs:// (a real emulator): NDJSON, a bad line reported by number."""
+    write_export(tmp_path / "in", {CUSTOM: [custom(50, "b-gs", None, 100)]})
+    (tmp_path / "map").mkdir()
+    (tmp_path / "map" / "part-0.ndjson").write_text(
+        '{"braze_id": "b-gs", "external_id": "gina"}\n{"braze_id": 7}\n')
+    gcs_emulator.bucket("identity-maps")
+    gcs_emulator.upload_tree(tmp_path / "map", "identity-maps", "run1/map")
+    out = tmp_path / "out"
+    assert run(["--input", str(tmp_path / "in"), "--output", str(out), "--partners",
+                "mixpanel", "--identity-map", "gs://identity-maps/run1/map", *TOKEN]) == 0
+    assert [p["properties"]["distinct_id"] for p in read_folder(out, "partners/mixpanel")] == [
+        "gina"]
+    assert [(e["source"], e["line"]) for e in read_folder(out, "identity/errors")] == [
+        ("gs://identity-maps/run1/map/part-0.ndjson", 2)]
