@@ -43,7 +43,8 @@ def main() -> None:
     for shard in shards:
         for out in scan.process(shard):
             value = getattr(out, "value", out)
-            kind = value[1][0] if isinstance(value, tuple) and isinstance(value[1], tuple) else "other"
+            batch = isinstance(value, tuple) and isinstance(value[1], tuple)
+            kind = value[1][0] if batch else "other"
             sizes[kind if kind in sizes else "other"] += len(coder.encode(value))
             elements += 1
     scan_cpu = time.process_time() - started

@@ -1,4 +1,4 @@
-"""ResolveIdentities over the export: braze_id -> external_id, built with keyed joins.
+"""ResolveIdentityMap: braze_id -> external_id over the export, built with keyed joins.
 
 Braze sends nothing to Mixpanel or mParticle for an event without an external_id, so
 what a user did before logging in is lost there. This step builds an identity map from
@@ -10,10 +10,12 @@ event ``resolved_external_user_id`` and ``identity_source`` (``event``, ``export
 Events of users with a deletion request (``users.UserDeleteRequest``, ``--deletions``)
 are marked ``user_deleted`` and reach no partner.
 
-Everything is keyed by braze_id (CombinePerKey, CoGroupByKey): no worker holds the whole
-map. Two things are held whole, both small by nature (docs/identity.md, "Memory"): the
-UserOrphan merges, on one worker to follow chains, and the deletion requests, a side
-input of every worker.
+Everything is keyed by a bucket of braze_ids (two GroupByKeys, one batch per bucket and
+kind, not one element per event): no worker holds the whole map. The events read their
+shard's resolutions from a multimap side input (by shard), so they are not shuffled
+again. Two things are held whole, both small by nature (docs/identity.md, "Memory and
+cost"): the UserOrphan merges, on one worker to follow chains, and the deletion
+requests, a side input of every worker.
 """
 from __future__ import annotations
 

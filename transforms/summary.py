@@ -126,6 +126,15 @@ def render_table(summary: dict) -> str:
     for warning in summary.get("warnings", []):
         rows.append((f"  warning: null {warning['event_type'].split('.', 1)[-1]}."
                      f"{warning['field']}", warning["count"]))
+    ident = summary.get("identity")
+    if ident:
+        backfilled = sum(ident[f"backfilled_{s}"] for s in ("export", "merge", "user_map"))
+        rows.append(("identity: own / backfilled / none",
+                     f"{ident['from_event']} / {backfilled} / {ident['unresolved']}"))
+        for key in ("conflicts", "orphan_chains", "deletion_requests", "deleted_events",
+                    "input_errors"):
+            if ident.get(key):
+                rows.append((f"  identity {key.replace('_', ' ')}", ident[key]))
     for partner, p in summary["partners"].items():
         rows.append((f"{partner}: written / skipped", f"{p['written']} / {p['skipped']}"))
         for reason, n in p["skipped_reasons"].items():
