@@ -46,7 +46,7 @@ def single_process(export, tmp_path_factory) -> dict[str, bytes]:
 
 def test_the_reference_run_fills_every_output_folder(single_process):
     folders = {name.rsplit("/", 1)[0] for name in single_process if "/" in name}
-    assert folders == {"events", "dead_letter", "duplicates", "file_errors",
+    assert folders == {"events", "dead_letter", "duplicates", "file_errors", "identity/map",
                        *(f"partners/{p}{sub}" for p in ("amplitude", "mixpanel", "mparticle",
                                                         "segment") for sub in ("", "/_skipped"))}
     summary = json.loads(single_process["summary.json"])
