@@ -60,7 +60,8 @@ def identity_run(tmp_path_factory):
                 [newer_record("users.UserDeleteRequest", 1, id="del-1", user_id="b-del",
                               time=T0 + 95)])
     user_map = root / "map.csv"
-    user_map.write_text("braze_id,external_id\nb-map,maya\nnot,a,valid,row\n")
+    user_map.write_text("braze_id,external_id\nb-map,maya\nnot,a,valid,row\n"
+                        "b-anon,alicia\n")  # the export's evidence (alice) wins
     out = root / "out"
     assert run(["--input", str(root / "in"), "--output", str(out), "--shards", "2",
                 "--identity-map", str(user_map), *TOKEN]) == 0
@@ -128,6 +129,9 @@ def test_map_conflicts_and_errors_outputs(identity_run):
     assert entries["b-o1"]["merge_hops"] == 2
     conflicts = read_folder(identity_run, "identity/conflicts")
     assert conflicts == [  # in the order of their canonical JSON: by braze_id
+        {"kind": "user_map_disagrees", "braze_id": "b-anon", "source": "export",
+         "chosen": "alice", "candidates": [{"external_id": "alice", "source": "export"},
+                                           {"external_id": "alicia", "source": "user_map"}]},
         {"kind": "merge_cycle", "braze_id": "b-c1", "members": ["b-c1", "b-c2"],
          "chosen": "b-c1"},
         {"kind": "external_ids", "braze_id": "b-two", "source": "export", "chosen": "x2",
@@ -150,7 +154,7 @@ def test_summary_identity_counts(identity_run):
                                   "backfilled_user_map", "unresolved", "conflicts",
                                   "orphan_chains")} == {
         "from_event": 6, "backfilled_export": 4, "backfilled_merge": 4,
-        "backfilled_user_map": 1, "unresolved": 3, "conflicts": 2, "orphan_chains": 1}
+        "backfilled_user_map": 1, "unresolved": 3, "conflicts": 3, "orphan_chains": 1}
     assert ident["deletion_requests"] == 1 and ident["input_errors"] == 1
     assert sum(ident[k] for k in ("from_event", "backfilled_export", "backfilled_merge",
                                   "backfilled_user_map", "unresolved")) == summary["valid"]

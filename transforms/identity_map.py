@@ -176,6 +176,15 @@ class _Known(beam.DoFn):
                   for uid, c in _candidates(evidence).items()}
         user = {uid: _pick(uid, c, USER_MAP, conflicts)
                 for uid, c in _candidates(user_rows).items()}
+        for uid in sorted(direct.keys() & user.keys()):  # the export's evidence wins
+            if direct[uid]["external_id"] != user[uid]["external_id"]:
+                conflicts.append({
+                    "kind": "user_map_disagrees", "braze_id": uid, "source": EXPORT,
+                    "chosen": direct[uid]["external_id"],
+                    "candidates": [{"external_id": direct[uid]["external_id"],
+                                    "source": EXPORT},
+                                   {"external_id": user[uid]["external_id"],
+                                    "source": USER_MAP}]})
         yield bucket, (EXPORT, list(direct.values()))
         yield bucket, (USER_MAP, list(user.values()))
         merged: dict[int, list] = {}
