@@ -14,6 +14,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python setup.py constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m tests.install_duckdb_spatial
 	touch $@
 
 run: $(VENV)/.installed          ## run the pipeline on the bundled sample -> ./output

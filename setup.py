@@ -25,7 +25,7 @@ setup(
     packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*",
                                     "schemas", "schemas.*"]),
     package_data={
-        "schemas": ["*.json", "partners/*.json"],
+        "schemas": ["*.json", "partners/*.json", "bigquery/*.json"],
         "pipelines": data_files("pipelines", "sample_export"),
     },
     install_requires=[
@@ -39,10 +39,14 @@ setup(
         # reads Avro files into columns ~4x faster than fastavro builds dicts
         "polars>=1.30",
         "zstandard>=0.22",
+        "pyarrow>=14",  # --parquet-output
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100", "gcp-storage-emulator>=2024.8.3",
-                 "pdoc>=14", "psutil>=5.9"],
+                 "pdoc>=14", "psutil>=5.9",
+                 # a local BigQuery emulator; its spatial extension must match duckdb's
+                 # version and is installed offline by `make` (tests/install_duckdb_spatial)
+                 "bqemulator>=1.4", "duckdb>=1.5", "duckdb-extension-spatial>=1.5"],
         "bench": ["psutil>=5.9"],
     },
     entry_points={"console_scripts": [

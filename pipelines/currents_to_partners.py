@@ -94,6 +94,7 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
         file_errors | "WriteFileErrors" >> WriteShards(temp_dir, "file_errors", 1),
     ]
     stats = [checked.stats, unique.stats, read.files | "FileStats" >> beam.Map(file_stats)]
+    stats += warehouse_outputs(unique.events, cfg, root, temp_dir)
     if cfg.partners:
         formatted = unique.events | "FormatForPartners" >> FormatForPartners(
             cfg.partners, cfg.partner_config())
@@ -112,6 +113,23 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
     make_summary = functools.partial(build_summary, partners=cfg.partners, shards=n)
     return p | "CommitOutputs" >> CommitOutputs(
         cfg.output, temp_dir, OUTPUT_FOLDERS, written, stats, make_summary)
+
+
+def warehouse_outputs(events: beam.PCollection, cfg: RunConfig, root: str,
+                      temp_dir: str) -> list[beam.PCollection]:
+    """The Parquet and BigQuery sinks that ``cfg`` asks for; each gives its counters
+    once committed (so ``summary.json`` is written after them)."""
+    if not (cfg.parquet_output or cfg.bigquery_dataset):
+        return []
+    from transforms.columns import ObserveColumns
+    from transforms.parquet import WriteParquet
+    run_id = temp_dir.rstrip("/").rsplit("/", 1)[-1]
+    columns = events | "ObserveColumns" >> ObserveColumns()
+    out = []
+    if cfg.parquet_output:
+        out.append(events | "WriteParquet" >> WriteParquet(
+            cfg.parquet_output, root, run_id, columns))
+    return out
 
 
 # Compressed Avro bytes per dedup shard (~10k events): one shard's copies and survivors

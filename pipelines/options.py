@@ -54,6 +54,11 @@ class RunConfig(BaseModel):
     max_invalid_ratio: float | None = Field(None, ge=0.0, le=1.0)
     mixpanel_token: SecretStr | None = None
     mparticle_environment: Literal["production", "development"] = "production"
+    parquet_output: str | None = None
+    bigquery_dataset: str | None = Field(None, pattern=r"^[A-Za-z0-9.:-]+:[A-Za-z0-9_]+$")
+    bigquery_method: Literal["file_loads", "streaming_inserts",
+                             "storage_write_api"] = "file_loads"
+    bigquery_endpoint: str | None = Field(None, pattern=r"^https?://")
 
     @model_validator(mode="after")
     def _partner_settings(self):
@@ -138,6 +143,25 @@ def parser() -> argparse.ArgumentParser:
                     type=float, default=None,
                     help="fail the run (exit 1, after writing everything) when "
                          "invalid/rows_read exceeds this ratio (default: off)")
+    ap.add_argument("--parquet-output", "--parquet_output", dest="parquet_output",
+                    default=None,
+                    help="also write the clean events as Parquet under this folder (local "
+                         "or gs://): event_type=<type>/date=<YYYY-MM-DD>/part-*.parquet, "
+                         "columns from the catalogue (docs/bigquery.md)")
+    ap.add_argument("--bigquery-dataset", "--bigquery_dataset", dest="bigquery_dataset",
+                    default=None,
+                    help="also write the clean events to BigQuery, PROJECT:DATASET: one "
+                         "table per event type (users_messages_email_Send), reruns add no "
+                         "rows (docs/bigquery.md)")
+    ap.add_argument("--bigquery-method", "--bigquery_method", dest="bigquery_method",
+                    default="file_loads",
+                    choices=("file_loads", "streaming_inserts", "storage_write_api"),
+                    help="how rows reach BigQuery (default: file_loads; load jobs from "
+                         "files under --temp_location)")
+    ap.add_argument("--bigquery-endpoint", "--bigquery_endpoint", dest="bigquery_endpoint",
+                    default=None,
+                    help="URL of a BigQuery-compatible endpoint (a local emulator, a "
+                         "private endpoint) instead of Google's")
     return ap
 
 
@@ -152,6 +176,8 @@ def parse(argv: list[str] | None) -> tuple[RunConfig, list[str]]:
         raise ValueError("--output is required when --input is given")
     if "://" not in values["output"]:
         values["output"] = str(Path(values["output"]).absolute())
+    if values["parquet_output"] and "://" not in values["parquet_output"]:
+        values["parquet_output"] = str(Path(values["parquet_output"]).absolute())
     if "://" not in values["input"]:
         values["input"] = str(Path(values["input"]).absolute())
     return RunConfig(**values), beam_args

@@ -83,7 +83,7 @@ def flex_template_metadata() -> dict:
 def test_flex_template_metadata_is_valid_for_the_dataflow_api():
     from google.cloud.dataflow_v1beta3 import TemplateMetadata
     meta = TemplateMetadata.from_json(json.dumps(flex_template_metadata()))
-    assert meta.name and meta.description and len(meta.parameters) == 8
+    assert meta.name and meta.description and len(meta.parameters) == 12
 
 
 def test_flex_template_parameters_are_the_cli_options():
@@ -110,7 +110,10 @@ def test_flex_template_parameters_reach_the_pipeline_config():
     import re
     values = {"input": "gs://b/in", "output": "gs://b/out", "partners": "segment,mixpanel",
               "mixpanel_token": "t0k", "mparticle_environment": "development", "shards": "3",
-              "batch_size": "500", "max_invalid_ratio": "0.25"}
+              "batch_size": "500", "max_invalid_ratio": "0.25",
+              "parquet_output": "gs://b/lake", "bigquery_dataset": "my-project:currents",
+              "bigquery_method": "streaming_inserts",
+              "bigquery_endpoint": "http://127.0.0.1:9050"}
     for p in flex_template_metadata()["parameters"]:
         for regex in p.get("regexes", []):
             assert re.fullmatch(regex, values[p["name"]]), p["name"]

@@ -76,6 +76,12 @@ def build_summary(stats: dict, partners: Iterable[str] = (), **extra: Any) -> di
             "skipped": sum(skipped.values()),
             "skipped_reasons": skipped,
         }
+    if any(k.startswith("parquet/") for k in stats):
+        summary["parquet"] = {"files": stats.get("parquet/files", 0),
+                              "rows_written": stats.get("parquet/rows_written", 0)}
+    if any(k.startswith("bigquery/") for k in stats):
+        summary["bigquery"] = {key: stats.get(f"bigquery/{key}", 0)
+                               for key in ("tables", "rows_written", "rows_rejected")}
     summary.update(extra)
     return summary
 
@@ -103,6 +109,13 @@ def render_table(summary: dict) -> str:
         rows.append((f"{partner}: written / skipped", f"{p['written']} / {p['skipped']}"))
         for reason, n in p["skipped_reasons"].items():
             rows.append((f"  {partner} skipped: {reason}", n))
+    if "parquet" in summary:
+        rows.append(("parquet: files / rows", f"{summary['parquet']['files']} / "
+                                               f"{summary['parquet']['rows_written']}"))
+    if "bigquery" in summary:
+        bq = summary["bigquery"]
+        rows.append(("bigquery: rows written / rejected",
+                     f"{bq['rows_written']} / {bq['rows_rejected']}"))
     width = max(len(k) for k, _ in rows)
     lines = ["Run summary", "-" * (width + 12)]
     lines += [f"{k.ljust(width)}  {v:>11}" for k, v in rows]
