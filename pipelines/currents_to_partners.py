@@ -94,7 +94,9 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
         file_errors | "WriteFileErrors" >> WriteShards(temp_dir, "file_errors", 1),
     ]
     stats = [checked.stats, unique.stats, read.files | "FileStats" >> beam.Map(file_stats)]
-    stats += warehouse_outputs(unique.events, cfg, root, temp_dir)
+    warehouse_stats, warehouse_files = warehouse_outputs(unique.events, cfg, root, temp_dir)
+    stats += warehouse_stats
+    written += warehouse_files
     if cfg.partners:
         formatted = unique.events | "FormatForPartners" >> FormatForPartners(
             cfg.partners, cfg.partner_config())
@@ -116,20 +118,27 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
 
 
 def warehouse_outputs(events: beam.PCollection, cfg: RunConfig, root: str,
-                      temp_dir: str) -> list[beam.PCollection]:
-    """The Parquet and BigQuery sinks that ``cfg`` asks for; each gives its counters
-    once committed (so ``summary.json`` is written after them)."""
+                      temp_dir: str) -> tuple[list, list]:
+    """The Parquet and BigQuery sinks that ``cfg`` asks for: (their counters, each given
+    once committed, so ``summary.json`` is written after them; dead-letter files)."""
     if not (cfg.parquet_output or cfg.bigquery_dataset):
-        return []
+        return [], []
+    from transforms.bigquery import WriteToWarehouse
     from transforms.columns import ObserveColumns
     from transforms.parquet import WriteParquet
     run_id = temp_dir.rstrip("/").rsplit("/", 1)[-1]
     columns = events | "ObserveColumns" >> ObserveColumns()
-    out = []
+    stats, files = [], []
     if cfg.parquet_output:
-        out.append(events | "WriteParquet" >> WriteParquet(
+        stats.append(events | "WriteParquet" >> WriteParquet(
             cfg.parquet_output, root, run_id, columns))
-    return out
+    if cfg.bigquery_dataset:
+        bq = events | "WriteToWarehouse" >> WriteToWarehouse(
+            cfg.bigquery_dataset, cfg.bigquery_method, cfg.bigquery_endpoint, run_id,
+            temp_dir, columns)
+        stats.append(bq["stats"])
+        files.append(bq["dead_letter"])
+    return stats, files
 
 
 # Compressed Avro bytes per dedup shard (~10k events): one shard's copies and survivors

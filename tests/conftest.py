@@ -13,6 +13,7 @@ import pytest  # noqa: E402
 from schemas.catalogue import load_catalogue  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+pytest_plugins = ["tests.fixtures_bigquery"]
 SEEDS = REPO.parent / "shared" / "seeds"
 
 
@@ -81,10 +82,11 @@ def collect(tmp_path):
 class GcsEmulator:
     """A gcp-storage-emulator process on 127.0.0.1 and an anonymous client for it."""
 
-    def __init__(self, endpoint: str):
+    def __init__(self, endpoint: str, root: Path):
         from google.auth.credentials import AnonymousCredentials
         from google.cloud import storage
         self.endpoint = endpoint
+        self.root = root  # objects are files here: <root>/<bucket>/<name>
         self.client = storage.Client(project="test", credentials=AnonymousCredentials())
 
     def bucket(self, name: str):
@@ -131,11 +133,12 @@ def gcs_emulator(tmp_path_factory):
     import urllib.request
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("gcs-emulator") / "emulator.log"
-    with open(log, "wb") as out:
+    folder = tmp_path_factory.mktemp("gcs-emulator")
+    log = folder / "emulator.log"
+    with open(log, "wb") as out:  # on disk: the BigQuery emulator reads load files there
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
-             "--port", str(port), "--in-memory"],
+            [sys.executable, "-m", "gcp_storage_emulator", "--data-dir", str(folder / "data"),
+             "start", "--host", "127.0.0.1", "--port", str(port)],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
@@ -150,7 +153,7 @@ def gcs_emulator(tmp_path_factory):
         saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "NO_GCE_CHECK")}
         os.environ.update(STORAGE_EMULATOR_HOST=endpoint, NO_GCE_CHECK="True")
         try:
-            yield GcsEmulator(endpoint)
+            yield GcsEmulator(endpoint, folder / "data" / ".cloudstorage")
         finally:
             for key, value in saved.items():
                 if value is None:

@@ -97,6 +97,7 @@ class _NewFields(beam.CombineFn):
             names = known.get(etype)
             if names is None:
                 names = known[etype] = {c["name"] for c in known_columns(etype)}
+                acc.setdefault(etype, {})
             for name, value in event.items():
                 if name not in names:
                     fields = acc.setdefault(etype, {})
@@ -122,8 +123,9 @@ class _NewFields(beam.CombineFn):
 
 @beam.typehints.with_input_types(ShardLines)
 class ObserveColumns(beam.PTransform):
-    """ShardLines of events -> one dict ``{event_type: [new column, ...]}`` (BigQuery
-    column dicts, NULLABLE or REPEATED) of the fields the generated schemas lack.
+    """ShardLines of events -> one dict ``{event_type: [new column, ...]}``, every type
+    seen, with the fields the generated schemas lack (BigQuery column dicts, NULLABLE or
+    REPEATED).
     Use it as a singleton side input."""
 
     def expand(self, events):

@@ -1,0 +1,99 @@
+"""--bigquery-dataset against a real local BigQuery emulator (and the GCS emulator for the
+load files): tables from the generated schemas, rows equal events/, reruns add nothing,
+a newer field adds a column, a rejected row reaches both dead letters."""
+import json
+
+import pytest
+
+from pipelines.currents_to_partners import run
+from schemas import warehouse
+from tests.conftest import read_ndjson
+from tests.fixtures_bigquery import PROJECT
+from transforms.testing import BASE_TIME, make_record, write_export
+
+SEND, CLICK, CUSTOM = ("users.messages.email.Send", "users.messages.email.Click",
+                       "users.behaviors.CustomEvent")
+DAY = 86_400
+
+
+def export(root, seed: int = 0, extra: dict | None = None):
+    sends = [make_record(SEND, seed=seed + i, time=BASE_TIME + (i % 2) * DAY)
+             for i in range(12)]
+    files = [{"event_type": SEND, "rows": sends},
+             {"event_type": CLICK, "rows": [make_record(CLICK, seed=seed + i) for i in range(6)]},
+             {"event_type": CUSTOM, "rows": [make_record(CUSTOM, seed=seed + i, complete=True)
+                                             for i in range(4)]}]
+    if extra:
+        rows = [dict(make_record(SEND, seed=seed + 500 + i), **{extra["name"]: v})
+                for i, v in enumerate(extra["values"])]
+        files.append({"event_type": SEND, "rows": rows, "schema_id": 2, "offset": 1,
+                      "extra_fields": {extra["name"]: extra["avro"]}})
+    return write_export(root, files)
+
+
+@pytest.fixture(scope="module")
+def temp_bucket(gcs_emulator):
+    from google.api_core.exceptions import Conflict
+    try:
+        gcs_emulator.bucket("bq-load-temp")
+    except Conflict:
+        pass
+    return "gs://bq-load-temp/tmp"
+
+
+def run_to_bigquery(src, out, dataset, method, bq_emulator, temp_bucket):
+    code = run(["--input", str(src), "--output", str(out), "--partners", "",
+                "--bigquery-dataset", f"{PROJECT}:{dataset}", "--bigquery-method", method,
+                "--bigquery-endpoint", bq_emulator.endpoint, "--temp_location", temp_bucket])
+    assert code == 0
+    return json.loads((out / "summary.json").read_text())
+
+
+def _normal(value):
+    if hasattr(value, "timestamp"):
+        return int(value.timestamp())
+    return value
+
+
+@pytest.mark.parametrize("method", ["file_loads", "streaming_inserts"])
+def test_tables_rows_and_rerun(method, tmp_path, bq_emulator, temp_bucket):
+    dataset = f"currents_{method}"
+    src = export(tmp_path / "in")
+    summary = run_to_bigquery(src, tmp_path / "out", dataset, method, bq_emulator,
+                              temp_bucket)
+    events = read_ndjson(tmp_path / "out" / "events")
+    assert summary["bigquery"] == {"tables": 3, "rows_written": len(events),
+                                   "rows_rejected": 0}
+    client = bq_emulator.client
+    for etype in (SEND, CLICK, CUSTOM):
+        name = warehouse.table_name(etype)
+        table = client.get_table(f"{PROJECT}.{dataset}.{name}")
+        generated = json.loads((warehouse.BIGQUERY_DIR / f"{name}.json").read_text())
+        assert [(f.name, f.mode) for f in table.schema][:len(generated)] == [
+            (c["name"], c["mode"]) for c in generated]
+        assert table.time_partitioning.field == "event_timestamp"
+        assert table.clustering_fields == ["external_user_id", "user_id"]
+        got = {r["id"]: r for r in bq_emulator.query(
+            f"SELECT *, TO_JSON_STRING(properties) AS properties_text "
+            f"FROM `{PROJECT}.{dataset}.{name}`" if etype == CUSTOM else
+            f"SELECT * FROM `{PROJECT}.{dataset}.{name}`")}
+        mine = [e for e in events if e["event_type"] == etype]
+        assert sorted(got) == sorted(e["id"] for e in mine)
+        for e in mine:
+            row = got[e["id"]]
+            assert _normal(row["event_timestamp"]) == e["time"]
+            for key, value in e.items():
+                if key == "properties":
+                    assert json.loads(row["properties_text"]) == json.loads(value)
+                else:
+                    assert _normal(row[key]) == value, (etype, key)
+    # staging tables are gone; a rerun of the same input adds no row
+    names = {t.table_id for t in client.list_tables(f"{PROJECT}.{dataset}")}
+    assert names == {warehouse.table_name(t) for t in (SEND, CLICK, CUSTOM)} | {
+        "currents_dead_letter"}
+    again = run_to_bigquery(src, tmp_path / "out2", dataset, method, bq_emulator,
+                            temp_bucket)
+    assert again["bigquery"] == {"tables": 3, "rows_written": 0, "rows_rejected": 0}
+    count = bq_emulator.query(f"SELECT COUNT(*) AS n FROM `{PROJECT}.{dataset}."
+                              f"{warehouse.table_name(SEND)}`")[0]["n"]
+    assert count == sum(1 for e in events if e["event_type"] == SEND)
