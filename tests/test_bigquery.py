@@ -97,3 +97,60 @@ def test_tables_rows_and_rerun(method, tmp_path, bq_emulator, temp_bucket):
     count = bq_emulator.query(f"SELECT COUNT(*) AS n FROM `{PROJECT}.{dataset}."
                               f"{warehouse.table_name(SEND)}`")[0]["n"]
     assert count == sum(1 for e in events if e["event_type"] == SEND)
+
+
+def _count(bq_emulator, dataset, etype) -> int:
+    return bq_emulator.query(f"SELECT COUNT(*) AS n FROM `{PROJECT}.{dataset}."
+                             f"{warehouse.table_name(etype)}`")[0]["n"]
+
+
+@pytest.mark.parametrize("method", ["file_loads", "streaming_inserts"])
+def test_newer_field_adds_a_column_and_a_misfit_is_rejected(method, tmp_path, bq_emulator,
+                                                           temp_bucket):
+    dataset = f"evolving_{method}"
+    table = f"{PROJECT}.{dataset}.{warehouse.table_name(SEND)}"
+    first = export(tmp_path / "in1", extra={"name": "bot_score", "avro": "double",
+                                            "values": [0.25, 0.5, 0.75]})
+    summary = run_to_bigquery(first, tmp_path / "out1", dataset, method, bq_emulator,
+                              temp_bucket)
+    assert summary["bigquery"]["rows_rejected"] == 0
+    column = next(f for f in bq_emulator.client.get_table(table).schema
+                  if f.name == "bot_score")
+    assert (column.field_type, column.mode) in (("FLOAT", "NULLABLE"),
+                                                ("FLOAT64", "NULLABLE"))
+    scores = sorted(r["bot_score"] for r in bq_emulator.query(
+        f"SELECT bot_score FROM `{table}` WHERE bot_score IS NOT NULL"))
+    assert scores == [0.25, 0.5, 0.75]
+    before = _count(bq_emulator, dataset, SEND)
+
+    # a later export sends text in that column: BigQuery refuses those rows
+    second = export(tmp_path / "in2", seed=1000, extra={"name": "bot_score",
+                                                        "avro": "string",
+                                                        "values": ["high", "low"]})
+    args = ["--input", str(second), "--output", str(tmp_path / "out2"), "--partners", "",
+            "--bigquery-dataset", f"{PROJECT}:{dataset}", "--bigquery-method", method,
+            "--bigquery-endpoint", bq_emulator.endpoint, "--temp_location", temp_bucket]
+    if method == "file_loads":
+        # a load job is all or nothing: the run fails and no table changes
+        assert run(args) == 1
+        assert _count(bq_emulator, dataset, SEND) == before
+        return
+    assert run(args) == 0
+    out = tmp_path / "out2"
+    summary = json.loads((out / "summary.json").read_text())
+    events = read_ndjson(out / "events")
+    assert summary["bigquery"] == {"tables": 3, "rows_written": len(events) - 2,
+                                   "rows_rejected": 2}
+    assert _count(bq_emulator, dataset, SEND) == before + sum(
+        1 for e in events if e["event_type"] == SEND) - 2
+    dead = [d for d in read_ndjson(out / "dead_letter") if d["reason"] == "bigquery_rejected"]
+    assert sorted(d["record"]["bot_score"] for d in dead) == ["high", "low"]
+    for d in dead:  # BigQuery's own error (the emulator names the wrong column in it)
+        assert d["event_type"] == SEND
+        assert json.loads(d["error"])[0]["reason"] == "invalid"
+    table_dead = bq_emulator.query(
+        f"SELECT reason, event_type, error, TO_JSON_STRING(record) AS record "
+        f"FROM `{PROJECT}.{dataset}.currents_dead_letter`")
+    assert sorted(json.loads(d["record"])["id"] for d in table_dead) == sorted(
+        d["record"]["id"] for d in dead)
+    assert {d["reason"] for d in table_dead} == {"bigquery_rejected"}
