@@ -68,6 +68,13 @@ class RunConfig(BaseModel):
                              "MIXPANEL_TOKEN (or leave mixpanel out of --partners)")
         return self
 
+    @model_validator(mode="after")
+    def _bigquery_settings(self):
+        if self.bigquery_dataset and self.bigquery_method == "storage_write_api":
+            from transforms.bigquery import STORAGE_WRITE_API_UNSUPPORTED
+            raise ValueError(STORAGE_WRITE_API_UNSUPPORTED)
+        return self
+
     def partner_config(self) -> dict:
         """Settings the partner formatters need (the token is revealed only here)."""
         token = self.mixpanel_token.get_secret_value() if self.mixpanel_token else None

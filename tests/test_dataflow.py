@@ -133,3 +133,45 @@ def test_dockerfile_uses_the_launcher_image_and_the_pins():
     assert "pip install --no-cache-dir -c constraints.txt ." in text
     for copied in ("setup.py constraints.txt", "pipelines/", "transforms/", "schemas/"):
         assert f"COPY {copied}" in text
+
+
+def test_dataflow_job_has_the_warehouse_steps_with_the_generated_schemas(offline):
+    """--bigquery-dataset (file loads) and --parquet-output in the job graph; the step that
+    creates the tables carries every generated schema (shown in Dataflow's UI)."""
+    from apache_beam.portability.api import beam_runner_api_pb2
+    from schemas import warehouse
+    cfg, _ = parse(["--input", "gs://my-input-bucket/currents", "--output",
+                    "gs://my-output-bucket/run", "--partners", "", "--bigquery-dataset",
+                    "my-project:currents", "--parquet-output", "gs://my-lake/currents"])
+    p = beam.Pipeline(options=PipelineOptions(DATAFLOW, save_main_session=False))
+    build(p, cfg, "gs://my-output-bucket/run/_temporary/dry")
+    result = p.run()
+    transforms = {t.unique_name: t for t in
+                  result.job.proto_pipeline.components.transforms.values()}
+    load = "WriteToWarehouse/WriteToBigQuery/BigQueryBatchFileLoads"
+    assert {"WriteToWarehouse/PrepareTables", f"{load}/TriggerLoadJobsWithoutTempTables",
+            f"{load}/ParDo(WriteRecordsToFile)", "WriteToWarehouse/MergeRuns",
+            "WriteToWarehouse/WriteDeadLetter", "WriteParquet/WriteFiles",
+            "WriteParquet/Commit"} <= set(transforms)
+    shown = {}
+    for d in transforms["WriteToWarehouse/PrepareTables"].display_data:
+        label = beam_runner_api_pb2.LabelledPayload.FromString(d.payload)
+        shown[label.label] = label.string_value
+    assert shown["dataset"] == "my-project:currents"
+    assert json.loads(shown["partitioning"]) == {"type": "DAY", "field": "event_timestamp"}
+    generated = sorted(warehouse.BIGQUERY_DIR.glob("users_*.json"))
+    assert len(generated) == 68
+    for path in generated:
+        columns = json.loads(path.read_text())
+        assert json.loads(shown[f"schema.{path.stem}"]) == [
+            {k: c[k] for k in ("name", "type", "mode")} for c in columns]
+
+
+def test_storage_write_api_is_refused_with_the_reason():
+    """Beam runs it through its Java expansion service (not fetchable offline) and without
+    a schema per table: a clear option error, not a stack trace (docs/bigquery.md)."""
+    with pytest.raises(ValueError, match="storage_write_api.*Java expansion service"):
+        parse(["--input", "in", "--output", "out", "--partners", "", "--bigquery-dataset",
+               "p:d", "--bigquery-method", "storage_write_api"])
+    assert run(["--input", "in", "--output", "out", "--partners", "", "--bigquery-dataset",
+                "p:d", "--bigquery-method", "storage_write_api"]) == 2

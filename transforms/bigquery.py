@@ -40,6 +40,14 @@ METHODS = {"file_loads": WriteToBigQuery.Method.FILE_LOADS,
            "streaming_inserts": WriteToBigQuery.Method.STREAMING_INSERTS,
            "storage_write_api": WriteToBigQuery.Method.STORAGE_WRITE_API}
 REJECTED = "bigquery_rejected"
+# Beam 2.77's Python STORAGE_WRITE_API is a Java cross-language transform: expanding it
+# starts Beam's Java expansion service (a jar fetched from Maven Central, and Java), and
+# it refuses a schema per destination (NotImplementedError), which one table per event
+# type needs. See docs/bigquery.md.
+STORAGE_WRITE_API_UNSUPPORTED = (
+    "--bigquery-method storage_write_api is not available yet: Beam's Python SDK runs it "
+    "through the Java expansion service and without a schema per table; use file_loads "
+    "(batch) or streaming_inserts (see docs/bigquery.md)")
 STAGING_HOURS = 24
 
 
@@ -163,6 +171,16 @@ class _PrepareTables(beam.DoFn):
     def __init__(self, project: str, dataset: str, endpoint: str | None, run_id: str):
         self._project, self._dataset = project, dataset
         self._endpoint, self._run_id = endpoint, run_id
+
+    def display_data(self) -> dict:
+        """The generated schemas, shown on this step in the job graph (Dataflow's UI)."""
+        shown = {"dataset": f"{self._project}:{self._dataset}",
+                 "partitioning": json.dumps(tables()["time_partitioning"]),
+                 "clustering": ",".join(tables()["clustering"])}
+        for spec in tables()["event_types"].values():
+            shown[f"schema.{spec['table']}"] = json.dumps(
+                [{k: c[k] for k in ("name", "type", "mode")} for c in spec["columns"]])
+        return shown
 
     def process(self, _: Any, extras: dict) -> Iterator[dict]:
         from google.api_core.exceptions import NotFound
@@ -328,6 +346,8 @@ class WriteToWarehouse(beam.PTransform):
         if method not in METHODS:
             raise ValueError(f"unknown BigQuery method {method!r}; choose from "
                              f"{', '.join(METHODS)}")
+        if method == "storage_write_api":
+            raise ValueError(STORAGE_WRITE_API_UNSUPPORTED)
         self._project, self._dataset = parse_dataset(dataset)
         self._method, self._endpoint = method, endpoint
         self._run_id, self._temp_dir, self._columns = run_id, temp_dir, columns
