@@ -45,8 +45,10 @@ setup(
         "test": ["pytest>=8", "hypothesis>=6.100", "gcp-storage-emulator>=2024.8.3",
                  "pdoc>=14", "psutil>=5.9",
                  # a local BigQuery emulator; its spatial extension must match duckdb's
-                 # version and is installed offline by `make` (tests/install_duckdb_spatial)
-                 "bqemulator>=1.4", "duckdb>=1.5", "duckdb-extension-spatial>=1.5"],
+                 # version and is installed offline by `make` (tests/install_duckdb_spatial);
+                 # its pytest plugin (off in pytest.ini) imports testcontainers
+                 "bqemulator>=1.4", "duckdb>=1.5", "duckdb-extension-spatial>=1.5",
+                 "testcontainers>=4"],
         "bench": ["psutil>=5.9"],
     },
     entry_points={"console_scripts": [
