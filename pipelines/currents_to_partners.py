@@ -301,6 +301,12 @@ def _run(argv: list[str] | None, template: Any) -> int:
     except ValueError as exc:
         return _fail(str(exc), 2)
     beam_args = emulator_args(beam_args)
+    if cfg.bigquery_dataset and cfg.bigquery_method == "file_loads" and not str(
+            PipelineOptions(beam_args).view_as(GoogleCloudOptions).temp_location
+            ).startswith("gs://"):
+        return _fail("--bigquery-method file_loads stages its load files in Cloud Storage: "
+                     "pass --temp_location gs://BUCKET/PATH (or use --bigquery-method "
+                     "streaming_inserts)", 2)
     try:
         files, size = export_size(cfg.input)
     except Exception as exc:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -55,10 +56,25 @@ class RunConfig(BaseModel):
     mixpanel_token: SecretStr | None = None
     mparticle_environment: Literal["production", "development"] = "production"
     parquet_output: str | None = None
-    bigquery_dataset: str | None = Field(None, pattern=r"^[A-Za-z0-9.:-]+:[A-Za-z0-9_]+$")
+    bigquery_dataset: str | None = None
     bigquery_method: Literal["file_loads", "streaming_inserts",
                              "storage_write_api"] = "file_loads"
-    bigquery_endpoint: str | None = Field(None, pattern=r"^https?://")
+    bigquery_endpoint: str | None = None
+
+    @field_validator("bigquery_dataset")
+    @classmethod
+    def _dataset(cls, value):
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9.:-]+:[A-Za-z0-9_]+", value):
+            raise ValueError(f"must be PROJECT:DATASET (like my-project:currents), not "
+                             f"{value!r}")
+        return value
+
+    @field_validator("bigquery_endpoint")
+    @classmethod
+    def _endpoint(cls, value):
+        if value is not None and not re.match(r"https?://[^/]+", value):
+            raise ValueError(f"must be a URL like http://127.0.0.1:9050, not {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _partner_settings(self):
