@@ -14,6 +14,7 @@ from transforms.testing import BASE_TIME, make_record, write_export
 SEND, CLICK, CUSTOM = ("users.messages.email.Send", "users.messages.email.Click",
                        "users.behaviors.CustomEvent")
 DAY = 86_400
+NEW_TYPE = "users.messages.rcs.Send"  # a type Braze added after the catalogue
 
 
 def export(root, seed: int = 0, extra: dict | None = None):
@@ -23,6 +24,14 @@ def export(root, seed: int = 0, extra: dict | None = None):
              {"event_type": CLICK, "rows": [make_record(CLICK, seed=seed + i) for i in range(6)]},
              {"event_type": CUSTOM, "rows": [make_record(CUSTOM, seed=seed + i, complete=True)
                                              for i in range(4)]}]
+    files.append({"event_type": NEW_TYPE, "extra_fields": {
+        "id": "string", "time": "long", "user_id": "string", "external_user_id": "string",
+        "identity_source": "string", "resolved_external_user_id": "string"},
+        "rows": [{"id": f"rcs-{seed + i}", "time": BASE_TIME + i, "user_id": f"u{i}",
+                  "external_user_id": None if i % 2 else f"x{i}",
+                  "identity_source": "external_user_id" if i % 2 == 0 else None,
+                  "resolved_external_user_id": None if i % 2 else f"x{i}"}
+                 for i in range(3)]})
     if extra:
         rows = [dict(make_record(SEND, seed=seed + 500 + i), **{extra["name"]: v})
                 for i, v in enumerate(extra["values"])]
@@ -62,13 +71,19 @@ def test_tables_rows_and_rerun(method, tmp_path, bq_emulator, temp_bucket):
     summary = run_to_bigquery(src, tmp_path / "out", dataset, method, bq_emulator,
                               temp_bucket)
     events = read_ndjson(tmp_path / "out" / "events")
-    assert summary["bigquery"] == {"tables": 3, "rows_written": len(events),
+    assert summary["bigquery"] == {"tables": 4, "rows_written": len(events),
                                    "rows_rejected": 0}
     client = bq_emulator.client
-    for etype in (SEND, CLICK, CUSTOM):
+    new_table = client.get_table(f"{PROJECT}.{dataset}.users_messages_rcs_Send")
+    assert [(f.name, f.mode) for f in new_table.schema][:3] == [
+        ("event_type", "REQUIRED"), ("event_timestamp", "NULLABLE"), ("id", "REQUIRED")]
+    assert {"identity_source", "resolved_external_user_id", "time"} <= {
+        f.name for f in new_table.schema}
+    for etype in (SEND, CLICK, CUSTOM, NEW_TYPE):
         name = warehouse.table_name(etype)
         table = client.get_table(f"{PROJECT}.{dataset}.{name}")
-        generated = json.loads((warehouse.BIGQUERY_DIR / f"{name}.json").read_text())
+        generated = (json.loads((warehouse.BIGQUERY_DIR / f"{name}.json").read_text())
+                     if etype != NEW_TYPE else warehouse.unknown_type_schema())
         assert [(f.name, f.mode) for f in table.schema][:len(generated)] == [
             (c["name"], c["mode"]) for c in generated]
         assert table.time_partitioning.field == "event_timestamp"
@@ -89,11 +104,11 @@ def test_tables_rows_and_rerun(method, tmp_path, bq_emulator, temp_bucket):
                     assert _normal(row[key]) == value, (etype, key)
     # staging tables are gone; a rerun of the same input adds no row
     names = {t.table_id for t in client.list_tables(f"{PROJECT}.{dataset}")}
-    assert names == {warehouse.table_name(t) for t in (SEND, CLICK, CUSTOM)} | {
+    assert names == {warehouse.table_name(t) for t in (SEND, CLICK, CUSTOM, NEW_TYPE)} | {
         "currents_dead_letter"}
     again = run_to_bigquery(src, tmp_path / "out2", dataset, method, bq_emulator,
                             temp_bucket)
-    assert again["bigquery"] == {"tables": 3, "rows_written": 0, "rows_rejected": 0}
+    assert again["bigquery"] == {"tables": 4, "rows_written": 0, "rows_rejected": 0}
     count = bq_emulator.query(f"SELECT COUNT(*) AS n FROM `{PROJECT}.{dataset}."
                               f"{warehouse.table_name(SEND)}`")[0]["n"]
     assert count == sum(1 for e in events if e["event_type"] == SEND)
@@ -139,7 +154,7 @@ def test_newer_field_adds_a_column_and_a_misfit_is_rejected(method, tmp_path, bq
     out = tmp_path / "out2"
     summary = json.loads((out / "summary.json").read_text())
     events = read_ndjson(out / "events")
-    assert summary["bigquery"] == {"tables": 3, "rows_written": len(events) - 2,
+    assert summary["bigquery"] == {"tables": 4, "rows_written": len(events) - 2,
                                    "rows_rejected": 2}
     assert _count(bq_emulator, dataset, SEND) == before + sum(
         1 for e in events if e["event_type"] == SEND) - 2
