@@ -258,7 +258,8 @@ class _MergeRuns(beam.DoFn):
 
     def process(self, _: Any, prepared: dict, load_jobs: list, rejected: list) -> Iterator[dict]:
         client = bigquery_client(self._project, self._endpoint)
-        for _, job in load_jobs:  # file loads: Beam started them; wait until each is done
+        for _, job in load_jobs:  # file loads (and copies from Beam's temporary tables,
+            # for big loads): Beam started them; wait until each is done
             job_id = getattr(job, "jobId", None) or str(job)
             client.get_job(job_id, location=getattr(job, "location", None)).result()
         prefix = f"{self._project}.{self._dataset}"
@@ -267,14 +268,17 @@ class _MergeRuns(beam.DoFn):
             target, staging = f"{prefix}.{spec['table']}", f"{prefix}.{spec['staging']}"
             bounds = list(client.query(
                 f"SELECT MIN({warehouse.TIMESTAMP_COLUMN}) AS lo, "
-                f"MAX({warehouse.TIMESTAMP_COLUMN}) AS hi, COUNT(*) AS n "
+                f"MAX({warehouse.TIMESTAMP_COLUMN}) AS hi, COUNT(*) AS n, "
+                f"COUNT({warehouse.TIMESTAMP_COLUMN}) AS timed "
                 f"FROM `{staging}`").result())[0]
             if bounds["n"]:
                 names = [f["name"] for f in spec["schema"]["fields"]]
                 cols = ", ".join(map(_quote, names))
                 values = ", ".join(f"S.{_quote(n)}" for n in names)
                 prune = ""
-                if bounds["lo"] is not None:  # only the partitions this run touches
+                # only the partitions this run touches (all of them if some event of
+                # a type outside the catalogue has no `time`)
+                if bounds["lo"] is not None and bounds["timed"] == bounds["n"]:
                     prune = (f" AND T.{warehouse.TIMESTAMP_COLUMN} BETWEEN "
                              f"TIMESTAMP '{bounds['lo'].isoformat()}' AND "
                              f"TIMESTAMP '{bounds['hi'].isoformat()}'")
@@ -386,7 +390,9 @@ class WriteToWarehouse(beam.PTransform):
             test_client=EndpointClient(project, endpoint) if endpoint else None,
             **options)
         if self._method == "file_loads":
-            load_jobs, rejected = result.destination_load_jobid_pairs, None
+            load_jobs = (result.destination_load_jobid_pairs,
+                         result.destination_copy_jobid_pairs) | "AllJobs" >> beam.Flatten()
+            rejected = None
         else:
             load_jobs, rejected = None, result.failed_rows_with_errors
         empty = p | "NoneOf" >> beam.Create([])
