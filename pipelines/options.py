@@ -180,7 +180,8 @@ def parser() -> argparse.ArgumentParser:
                     default="file_loads",
                     choices=("file_loads", "streaming_inserts", "storage_write_api"),
                     help="how rows reach BigQuery (default: file_loads; load jobs from "
-                         "files under --temp_location)")
+                         "files under --temp_location, gs://); storage_write_api is not "
+                         "available yet (docs/bigquery.md)")
     ap.add_argument("--bigquery-endpoint", "--bigquery_endpoint", dest="bigquery_endpoint",
                     default=None,
                     help="URL of a BigQuery-compatible endpoint (a local emulator, a "
