@@ -11,10 +11,10 @@ from typing import Any, Dict, Iterable, Iterator, Tuple
 import apache_beam as beam
 
 from transforms import codec
-from transforms.types import RowBatch, ShardLines
+from transforms.types import RowBatch, ShardLinesIn
 
 
-@beam.typehints.with_input_types(ShardLines)
+@beam.typehints.with_input_types(ShardLinesIn)
 @beam.typehints.with_output_types(Dict[str, Any])
 class ParseEvents(beam.PTransform):
     """ShardLines ``(shard, [canonical_json])`` -> one event dict per element."""
@@ -31,10 +31,10 @@ def _to_batches(element: Tuple[str, Iterable[Dict[str, Any]]], source: str,
     for row in rows:
         batch.append(row)
         if len(batch) >= batch_size:
-            yield (event_type, source, first, batch, None)
+            yield RowBatch(event_type, source, first, batch, None)
             first, batch = first + len(batch), []
     if batch:
-        yield (event_type, source, first, batch, None)
+        yield RowBatch(event_type, source, first, batch, None)
 
 
 @beam.typehints.with_input_types(Dict[str, Any])

@@ -26,8 +26,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms import codec
-from transforms.gcpause import paused_gc
-from transforms.types import DUPLICATES, STATS, ShardLines, ValidBatch
+from transforms.types import DUPLICATES, STATS, ShardLines, ValidBatch, ValidBatchIn
 
 
 def shard_of(event_type: str, event_id: str, num_shards: int) -> int:
@@ -65,10 +64,9 @@ class _ScatterToShards(beam.DoFn):
             yield from self._packed()
             self._source = source
         by_shard, n = self._by_shard, self._num_shards
-        with paused_gc():
-            for row, event_type, event_id, payload in items:
-                by_shard[shard_of(event_type, event_id, n)].append(
-                    (event_type, event_id, payload, row))
+        for row, event_type, event_id, payload in items:
+            by_shard[shard_of(event_type, event_id, n)].append(
+                (event_type, event_id, payload, row))
 
     def finish_bundle(self):
         for value in self._packed():
@@ -76,9 +74,8 @@ class _ScatterToShards(beam.DoFn):
 
     def _packed(self) -> list[tuple[int, Any]]:
         source, by_shard = self._source, self._by_shard
-        with paused_gc():
-            packed = [(shard, codec.pack((source, entries)))
-                      for shard, entries in sorted(by_shard.items())]
+        packed = [(shard, codec.pack((source, entries)))
+                  for shard, entries in sorted(by_shard.items())]
         by_shard.clear()
         if self._spill_dir is not None and packed:
             packed = _spill(self._spill_dir, packed)
@@ -116,8 +113,7 @@ class _KeepOnePerKey(beam.DoFn):
         self._dropped = Metrics.counter("currents", "duplicates_dropped")
 
     def process(self, element: tuple[int, Iterable[bytes]]) -> Iterator[Any]:
-        with paused_gc():
-            yield from self._keep_one(*element)
+        yield from self._keep_one(*element)
 
     def _keep_one(self, shard: int, blobs: Iterable[bytes]) -> Iterator[Any]:
         best: dict[tuple[str, str], tuple[bytes, str, int]] = {}
@@ -139,7 +135,7 @@ class _KeepOnePerKey(beam.DoFn):
         for event_type, n in Counter(map(itemgetter(0), best)).items():
             stats[f"by_event_type/{event_type}"] = n
         keys = sorted(best)
-        yield shard, [best[k][0] for k in keys]
+        yield ShardLines(shard, [best[k][0] for k in keys])
         if dropped:
             lines = []
             for key, payload, source, row in sorted(dropped, key=lambda d: (d[0], d[2], d[3])):
@@ -150,12 +146,12 @@ class _KeepOnePerKey(beam.DoFn):
                     "event_type": key[0], "id": key[1], "source": source, "row": row,
                     "kept_source": kept_source, "kept_row": kept_row,
                     "conflicting": conflicting, "record": codec.loads(payload)}))
-            yield beam.pvalue.TaggedOutput(DUPLICATES, (shard, lines))
+            yield beam.pvalue.TaggedOutput(DUPLICATES, ShardLines(shard, lines))
         self._dropped.inc(len(dropped))
         yield beam.pvalue.TaggedOutput(STATS, dict(stats))
 
 
-@beam.typehints.with_input_types(ValidBatch)
+@beam.typehints.with_input_types(ValidBatchIn)
 class DeduplicateEvents(beam.PTransform):
     """Keep one event per (event_type, id).
 

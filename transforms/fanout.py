@@ -17,11 +17,10 @@ from typing import Any, Iterator
 import apache_beam as beam
 
 from transforms import codec
-from transforms.gcpause import paused_gc
 from transforms.identities import CHUNK, eligibility_stats
 from transforms.partners import (PARTNERS, compile_partners, delivery_stats, load_mapping,
                                 skipped_lines)
-from transforms.types import STATS, ShardLines
+from transforms.types import STATS, ShardLines, ShardLinesIn
 
 
 def skipped_tag(partner: str) -> str:
@@ -61,12 +60,11 @@ class _FormatAll(beam.DoFn):
         # A shard is parsed and formatted a chunk at a time (the writers append the
         # chunks to the shard's file): a worker holds a chunk of parsed events.
         for start in range(0, len(lines), self._chunk):
-            with paused_gc():
-                for line in lines[start:start + self._chunk]:
-                    record = loads(line)
-                    event_type = record.get("event_type")
-                    (builders.get(event_type) or self._builder(event_type))(
-                        record, not_eligible)
+            for line in lines[start:start + self._chunk]:
+                record = loads(line)
+                event_type = record.get("event_type")
+                (builders.get(event_type) or self._builder(event_type))(
+                    record, not_eligible)
             for partner, (payloads, skipped) in zip(partners, self._outputs):
                 written[partner] += len(payloads)
                 yield beam.pvalue.TaggedOutput(partner, (shard, payloads[:]))
@@ -83,7 +81,7 @@ class _FormatAll(beam.DoFn):
         yield beam.pvalue.TaggedOutput(STATS, stats)
 
 
-@beam.typehints.with_input_types(ShardLines)
+@beam.typehints.with_input_types(ShardLinesIn)
 class FormatForPartners(beam.PTransform):
     """Format deduplicated events for several partners at once.
 

@@ -21,9 +21,8 @@ import orjson
 
 from schemas.catalogue import read_json_resource
 from transforms import codec
-from transforms.gcpause import paused_gc
 from transforms.identities import IDENTITY_RULES, PARTNERS
-from transforms.types import SKIPPED, STATS, IdentifiedBatch, Record, ShardLines
+from transforms.types import SKIPPED, STATS, IdentifiedBatchIn, Record, ShardLines
 
 NO_MAPPING = "no_mapping_for_event_type"
 
@@ -233,8 +232,7 @@ def compile_partners(event_type: str, partners: tuple[str, ...], mappings: dict[
 
 # Compiled builders by (source, name): the same mapping, event type and partners give the
 # same source, which compiles to the same code. Compiling is most of the cost of making
-# a builder (~70 event types: ~0.2 s per worker); ``warm_builders`` fills it in a process
-# that then forks the workers (pipelines.worker_template).
+# a builder (~70 event types: ~0.2 s per worker); ``warm_builders`` fills it ahead.
 _CODE: dict[tuple[str, str], Any] = {}
 
 
@@ -295,14 +293,13 @@ class _Format(beam.DoFn):
         shard, items = element
         partner, dumps, format_ = self._partner, orjson.dumps, self._formatter.format
         lines, skipped = [], []
-        with paused_gc():
-            for record, identities in items:
-                payload, reason = format_(record, identities[partner])
-                if payload is not None:
-                    lines.append(dumps(payload))
-                else:
-                    skipped.append((record.get("event_type"), record.get("id"), reason))
-            yield shard, lines
+        for record, identities in items:
+            payload, reason = format_(record, identities[partner])
+            if payload is not None:
+                lines.append(dumps(payload))
+            else:
+                skipped.append((record.get("event_type"), record.get("id"), reason))
+        yield shard, lines
         if skipped:
             yield beam.pvalue.TaggedOutput(SKIPPED, (shard, skipped_lines(skipped)))
         yield beam.pvalue.TaggedOutput(STATS, delivery_stats(
@@ -322,7 +319,7 @@ def delivery_stats(partner: str, written: int, skipped: Counter) -> dict[str, in
     return stats
 
 
-@beam.typehints.with_input_types(IdentifiedBatch)
+@beam.typehints.with_input_types(IdentifiedBatchIn)
 class FormatForPartner(beam.PTransform):
     """Format events for one partner.
 

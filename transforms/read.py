@@ -156,7 +156,8 @@ class _ReadAvroFile(beam.DoFn):
             if frame is not None and frame.height:
                 report["rows"] = frame.height
                 for first in range(0, frame.height, self._batch_size):
-                    yield (event_type, path, first, frame.slice(first, self._batch_size), None)
+                    yield RowBatch(event_type, path, first, frame.slice(first, self._batch_size),
+                                   None)
                 return
             fo.seek(0)  # the same stream as always: fastavro's errors depend on it
             reader = fastavro.block_reader(fo)
@@ -195,7 +196,7 @@ class _ReadAvroFile(beam.DoFn):
     def _batch(event_type, path, first, batch, problems, mismatch) -> RowBatch:
         if mismatch:
             problems = {i: mismatch for i in range(len(batch))}
-        return (event_type, path, first, batch, problems or None)
+        return RowBatch(event_type, path, first, batch, problems or None)
 
 
 def _strings_as_bytes(schema: Any) -> Any:

@@ -16,7 +16,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import codec
-from transforms.types import ShardLines
+from transforms.types import ShardLines, ShardLinesIn
 
 SUMMARY = "summary.json"
 TEMPORARY = "_temporary"
@@ -84,7 +84,7 @@ class _WriteShard(beam.DoFn):
         self._shard, self._file = None, None
 
 
-@beam.typehints.with_input_types(ShardLines)
+@beam.typehints.with_input_types(ShardLinesIn)
 class WriteShards(beam.PTransform):
     """ShardLines -> one file per shard under ``<temp_dir>/<folder>/``; outputs relative paths.
 
@@ -115,7 +115,7 @@ class ShardRecords(beam.PTransform):
 
         def to_lines(element: tuple[int, Iterable[Any]]) -> ShardLines:
             shard, items = element
-            return shard, [codec.dumps(r) for r in sorted(items, key=sort_key)]
+            return ShardLines(shard, [codec.dumps(r) for r in sorted(items, key=sort_key)])
 
         return (
             records

@@ -19,8 +19,8 @@ from pydantic import ValidationError
 from schemas.catalogue import (MAX_EPOCH_SECONDS, MIN_EPOCH_SECONDS, Catalogue, EventTypeSpec,
                                event_model, load_catalogue)
 from transforms import codec
-from transforms.gcpause import paused_gc
-from transforms.types import DEAD_LETTER, STATS, DeadLetter, Record, RowBatch, ValidBatch
+from transforms.types import (DEAD_LETTER, STATS, DeadLetter, Record, RowBatch, RowBatchIn,
+                              ValidBatch)
 
 # Braze's partner connectors drop events whose payload is over 900 KB.
 MAX_PAYLOAD_BYTES = 900 * 1024
@@ -212,33 +212,32 @@ class _ValidateBatch(beam.DoFn):
         known = event_type in validator._catalogue
         dumps, limit = codec.dumps, MAX_PAYLOAD_BYTES
         stats: Counter = Counter(rows_read=len(rows))
-        with paused_gc():
-            if isinstance(rows, list):
-                valid, by_row = [], enumerate(rows)
-            else:  # a polars frame (ReadCurrentsExport(as_frames=True))
-                valid, by_row = self._frame(event_type, first_row, rows)
-            for offset, record in by_row:
-                verdict = problems.get(offset) or validator.check(event_type, record)
-                if verdict is None:
-                    payload = dumps({**record, "event_type": event_type})
-                    if len(payload) <= limit:
-                        valid.append((first_row + offset, event_type, record["id"], payload))
-                        continue
-                    verdict = ("payload_too_large",
-                               f"payload is {len(payload)} bytes, over {limit}")
-                reason, message = verdict
-                stats[f"dead_letter_reasons/{reason}"] += 1
-                stats["invalid"] += 1
-                dead: DeadLetter = {"reason": reason, "event_type": event_type,
-                                    "source": source, "row": first_row + offset,
-                                    "error": message, "record": record}
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead)
+        if isinstance(rows, list):
+            valid, by_row = [], enumerate(rows)
+        else:  # a polars frame (ReadCurrentsExport(as_frames=True))
+            valid, by_row = self._frame(event_type, first_row, rows)
+        for offset, record in by_row:
+            verdict = problems.get(offset) or validator.check(event_type, record)
+            if verdict is None:
+                payload = dumps({**record, "event_type": event_type})
+                if len(payload) <= limit:
+                    valid.append((first_row + offset, event_type, record["id"], payload))
+                    continue
+                verdict = ("payload_too_large",
+                           f"payload is {len(payload)} bytes, over {limit}")
+            reason, message = verdict
+            stats[f"dead_letter_reasons/{reason}"] += 1
+            stats["invalid"] += 1
+            dead: DeadLetter = {"reason": reason, "event_type": event_type,
+                                "source": source, "row": first_row + offset,
+                                "error": message, "record": record}
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead)
         if not known:
             stats[f"unknown_rows/{event_type}"] += len(rows)
         self._rows.inc(len(rows))
         self._invalid.inc(stats["invalid"])
         if valid:
-            out: ValidBatch = (source, valid)
+            out = ValidBatch(source, valid)
             yield out
         yield beam.pvalue.TaggedOutput(STATS, dict(stats))
 
@@ -274,7 +273,7 @@ class _ValidateBatch(beam.DoFn):
                 zip(others, frame[others].to_dicts()))
 
 
-@beam.typehints.with_input_types(RowBatch)
+@beam.typehints.with_input_types(RowBatchIn)
 class ValidateEvents(beam.PTransform):
     """Validate raw Currents rows against the catalogue.
 
