@@ -39,7 +39,8 @@ from transforms.fanout import skipped_tag
 from transforms.partners import PARTNERS
 from transforms.read import export_size
 from transforms.sinks import SUMMARY, TEMPORARY, CommitOutputs, ShardRecords, WriteShards
-from transforms.summary import MergeStats, build_summary, file_stats, render_table
+from transforms.summary import (MergeStats, StatsToMetrics, build_summary, file_stats,
+                                render_table)
 
 OUTPUT_FOLDERS = ("events", "dead_letter", "duplicates", "file_errors") + tuple(
     f"partners/{p}{sub}" for p in PARTNERS for sub in ("", "/_skipped"))
@@ -96,8 +97,8 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
                 temp_dir, f"partners/{partner}/_skipped", n)]
 
     written = written | "AllWritten" >> beam.Flatten()
-    stats = stats | "AllStats" >> beam.Flatten() | "MergeStats" >> beam.CombineGlobally(
-        MergeStats())
+    stats = (stats | "AllStats" >> beam.Flatten() | "StatsToMetrics" >> StatsToMetrics()
+             | "MergeStats" >> beam.CombineGlobally(MergeStats()))
 
     make_summary = functools.partial(build_summary, partners=cfg.partners, shards=n)
     return p | "CommitOutputs" >> CommitOutputs(

@@ -18,10 +18,11 @@ from transforms.identities import ResolveIdentities, resolve_identity
 from transforms.partners import FormatForPartner, PartnerFormatter
 from transforms.read import ReadCurrentsExport
 from transforms.sinks import WriteShards
+from transforms.summary import StatsToMetrics
 from transforms.validate import ValidateEvents
 
 __all__ = [
     "ReadCurrentsExport", "ValidateEvents", "DeduplicateEvents", "ResolveIdentities",
     "FormatForPartner", "FormatForPartners", "ParseEvents", "ToRowBatches", "WriteShards",
-    "resolve_identity", "PartnerFormatter",
+    "resolve_identity", "PartnerFormatter", "StatsToMetrics",
 ]

@@ -11,6 +11,7 @@ from typing import Any, Dict, Iterable, Iterator, Tuple
 import apache_beam as beam
 
 from transforms import codec
+from transforms.checks import non_empty_str, positive_int
 from transforms.types import RowBatch, ShardLinesIn
 
 
@@ -48,7 +49,8 @@ class ToRowBatches(beam.PTransform):
 
     def __init__(self, source: str = "pcollection", batch_size: int = 2000):
         super().__init__()
-        self._source, self._batch_size = source, batch_size
+        self._source = non_empty_str("source", source)
+        self._batch_size = positive_int("batch_size", batch_size)
 
     def expand(self, rows):
         return (rows

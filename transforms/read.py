@@ -18,6 +18,7 @@ import fastavro
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.checks import non_empty_str, positive_int
 from transforms.types import FILE_REPORTS, FileReport, RowBatch
 
 # Rows per element: Beam pays per element, and a worker holds about one batch of
@@ -275,8 +276,8 @@ class ReadCurrentsExport(beam.PTransform):
 
     def __init__(self, path: str, batch_size: int = BATCH_SIZE, as_frames: bool = False):
         super().__init__()
-        self._pattern = export_pattern(path)
-        self._batch_size = batch_size
+        self._pattern = export_pattern(non_empty_str("path", path))
+        self._batch_size = positive_int("batch_size", batch_size)
         self._as_frames = as_frames
 
     def expand(self, pbegin):

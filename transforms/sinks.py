@@ -16,6 +16,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import codec
+from transforms.checks import non_empty_str, positive_int
 from transforms.types import ShardLines, ShardLinesIn
 
 SUMMARY = "summary.json"
@@ -93,7 +94,8 @@ class WriteShards(beam.PTransform):
 
     def __init__(self, temp_dir: str, folder: str, num_shards: int):
         super().__init__()
-        self._args = (temp_dir, folder, num_shards)
+        self._args = (non_empty_str("temp_dir", temp_dir), non_empty_str("folder", folder),
+                      positive_int("num_shards", num_shards))
 
     def expand(self, shard_lines):
         return shard_lines | "Write" >> beam.ParDo(_WriteShard(*self._args))

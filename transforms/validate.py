@@ -13,7 +13,6 @@ from itertools import compress, repeat
 from typing import Any, Iterator
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 from pydantic import ValidationError
 
 from schemas.catalogue import (MAX_EPOCH_SECONDS, MIN_EPOCH_SECONDS, Catalogue, EventTypeSpec,
@@ -198,8 +197,6 @@ class _Validator:
 class _ValidateBatch(beam.DoFn):
     def __init__(self, catalogue: Catalogue | None):
         self._catalogue = catalogue
-        self._invalid = Metrics.counter("currents", "invalid_rows")
-        self._rows = Metrics.counter("currents", "rows_read")
 
     def setup(self):
         self._validator = _Validator(self._catalogue or load_catalogue())
@@ -234,8 +231,6 @@ class _ValidateBatch(beam.DoFn):
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead)
         if not known:
             stats[f"unknown_rows/{event_type}"] += len(rows)
-        self._rows.inc(len(rows))
-        self._invalid.inc(stats["invalid"])
         if valid:
             out = ValidBatch(source, valid)
             yield out
@@ -285,6 +280,9 @@ class ValidateEvents(beam.PTransform):
 
     def __init__(self, catalogue: Catalogue | None = None):
         super().__init__()
+        if catalogue is not None and not isinstance(catalogue, Catalogue):
+            raise TypeError(f"catalogue must be a schemas.catalogue.Catalogue or None, "
+                            f"not {type(catalogue).__name__}")
         self._catalogue = catalogue
 
     def expand(self, batches):
