@@ -83,7 +83,10 @@ def flex_template_metadata() -> dict:
 def test_flex_template_metadata_is_valid_for_the_dataflow_api():
     from google.cloud.dataflow_v1beta3 import TemplateMetadata
     meta = TemplateMetadata.from_json(json.dumps(flex_template_metadata()))
-    assert meta.name and meta.description and len(meta.parameters) == 8
+    assert meta.name and meta.description
+    # the API's own type read every parameter we wrote, by name
+    assert [p.name for p in meta.parameters] == [
+        p["name"] for p in flex_template_metadata()["parameters"]]
 
 
 def test_flex_template_parameters_are_the_cli_options():
@@ -120,13 +123,3 @@ def test_flex_template_parameters_reach_the_pipeline_config():
             cfg.batch_size, cfg.max_invalid_ratio) == (
         "gs://b/in", "gs://b/out", ("segment", "mixpanel"), "development", 3, 500, 0.25)
     assert cfg.partner_config()["mixpanel_token"] == "t0k"
-
-
-def test_dockerfile_uses_the_launcher_image_and_the_pins():
-    text = (REPO / "dataflow" / "Dockerfile").read_text()
-    assert "FROM gcr.io/dataflow-templates-base/python311-template-launcher-base" in text
-    assert 'FLEX_TEMPLATE_PYTHON_PY_FILE="${WORKDIR}/pipelines/currents_to_partners.py"' in text
-    assert 'FLEX_TEMPLATE_PYTHON_SETUP_FILE="${WORKDIR}/setup.py"' in text
-    assert "pip install --no-cache-dir -c constraints.txt ." in text
-    for copied in ("setup.py constraints.txt", "pipelines/", "transforms/", "schemas/"):
-        assert f"COPY {copied}" in text

@@ -12,7 +12,11 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow  # pip installs into a new virtualenv
 
 
 def _run(cmd, timeout, **kwargs):
