@@ -66,10 +66,15 @@ class _ScatterToShards(beam.DoFn):
         if (source, window) != self._key:
             yield from self._packed()
             self._key = (source, window)
-        by_shard, n = self._by_shard, self._num_shards
-        for row, event_type, event_id, payload in items:
-            by_shard[shard_of(event_type, event_id, n)].append(
-                (event_type, event_id, payload, row))
+        # shard_of, inlined (a call per event was ~4% of this step); the item tuple
+        # itself is what is packed: no new object per event
+        by_shard, n, crc, type_crcs = self._by_shard, self._num_shards, zlib.crc32, {}
+        for item in items:
+            event_type = item[1]
+            type_crc = type_crcs.get(event_type)
+            if type_crc is None:
+                type_crc = type_crcs[event_type] = _type_crc(event_type)
+            by_shard[crc(item[2].encode("utf-8", "surrogatepass"), type_crc) % n].append(item)
 
     def finish_bundle(self):
         yield from self._packed()
@@ -122,7 +127,7 @@ class _KeepOnePerKey(beam.DoFn):
         dropped: list[tuple[tuple[str, str], bytes, str, int]] = []
         for blob in blobs:
             source, entries = codec.unpack(_unspilled(blob))
-            for event_type, event_id, payload, row in entries:
+            for row, event_type, event_id, payload in entries:
                 key = (event_type, event_id)
                 copy = (payload, source, row)
                 kept = best.get(key)
