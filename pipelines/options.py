@@ -60,9 +60,10 @@ class RunConfig(BaseModel):
 
 
 HELP_EPILOG = """\
-Beam options pass through unchanged, for example:
-  --runner DirectRunner|DataflowRunner   where to run (default: DirectRunner)
-  --direct_num_workers N                 local parallelism
+Beam options pass through by their full names (a typo or abbreviation is an error):
+  --runner DataflowRunner|DirectRunner   where to run (default: Beam's FnApiRunner,
+                                         2 worker processes for exports >= 8 MiB)
+  --direct_num_workers N                 local parallelism (1: one process)
   --direct_running_mode multi_processing|multi_threading|in_memory
   --project, --region, --temp_location, --setup_file   for Dataflow
 

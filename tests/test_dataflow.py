@@ -61,9 +61,13 @@ def test_dataflow_job_is_built_offline_with_the_pipeline_steps(offline, tmp_path
         "my-project", "europe-west1", "n2-standard-4")
 
 
-def test_cli_dry_run_checks_gs_paths_and_writes_nothing(offline, gcs_emulator, capsys):
+def test_cli_dry_run_checks_gs_paths_and_writes_nothing(gcs_emulator, monkeypatch, capsys):
     """The real command line: the input is listed and the output probed (on the
-    emulator), the job is built, nothing runs and no summary is looked for."""
+    emulator, with its loopback credentials), the job is built, nothing runs, nothing is
+    sent to Dataflow and no summary is looked for."""
+    def refuse(*_, **__):
+        raise AssertionError("a dry run must not contact Dataflow")
+    monkeypatch.setattr(apiclient, "DataflowApplicationClient", refuse)
     gcs_emulator.bucket("dry-run-in")
     gcs_emulator.bucket("dry-run-out")
     from pipelines.options import bundled_sample
