@@ -158,9 +158,10 @@ def local_runner(options: PipelineOptions) -> beam.runners.PipelineRunner | None
     processes need. Beam's DirectRunner itself first tries Prism, which downloads a Go
     binary from GitHub on every run: a hang behind a firewall, and a different runner
     from the one tested and measured here (``--runner=DirectRunner`` or
-    ``--runner=PrismRunner`` choose them). None when a runner was chosen.
+    ``--runner=PrismRunner`` choose them). ``--runner=FnApiRunner`` gets the same one
+    (Beam would build it without the options); None when another runner was chosen.
     See docs/local-runner.md."""
-    if options.view_as(StandardOptions).runner is not None:
+    if options.view_as(StandardOptions).runner not in (None, "FnApiRunner"):
         return None
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner, fn_runner

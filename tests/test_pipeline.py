@@ -251,6 +251,7 @@ def test_a_run_without_a_runner_never_tries_prism(tmp_path, monkeypatch):
     assert run(["--input", str(bundled_sample()), "--output", str(out), *WITH_TOKEN]) == 0
     assert json.loads((out / "summary.json").read_text())["conservation_ok"]
     assert type(local_runner(PipelineOptions([]))) is FnApiRunner  # Beam's own class
+    assert type(local_runner(PipelineOptions(["--runner=FnApiRunner"]))) is FnApiRunner
     assert local_runner(PipelineOptions(["--runner", "DirectRunner"])) is None  # chosen
 
 
