@@ -1,6 +1,5 @@
 """The whole pipeline and its command line, on the bundled sample and on small exports."""
 import json
-import os
 import subprocess
 import sys
 from collections import Counter
