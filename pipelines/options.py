@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 from importlib import resources
 from pathlib import Path
@@ -31,28 +32,6 @@ CREDENTIALS = {
 def bundled_sample() -> str:
     """The small sample export shipped with the package (made by pipelines/make_sample.py)."""
     return str(resources.files("pipelines").joinpath("sample_export"))
-
-
-class BeamOptions(PipelineOptions):
-    """Beam's options, with each view (``view_as(SomeOptions)``) made once and reused.
-
-    Beam asks for a view for every transform applied and again while running the job,
-    and each new view builds an argparse parser of every registered option: ~0.1 s of
-    the command's start-up at 500k events (to the first bundle: 0.38 -> 0.26-0.29 s),
-    before any worker starts. A view keeps no value of its own (values live in the dict
-    all views share), so reusing one changes nothing."""
-
-    def view_as(self, cls):
-        views = self.__dict__.setdefault("_views", {})
-        view = views.get(cls)
-        if view is None:
-            view = views[cls] = super().view_as(cls)
-        return view
-
-    def __getstate__(self):
-        state = dict(super().__getstate__())
-        state.pop("_views", None)
-        return state
 
 
 class RunConfig(BaseModel):
@@ -220,22 +199,15 @@ def load_overrides(path: str) -> dict:
     return data
 
 
-def _flag(value: str) -> bool:
-    """``--strict``, or ``--strict=true|false`` as Flex Template parameters pass it."""
-    lowered = value.lower()
-    if lowered not in ("true", "false", "1", "0", "yes", "no"):
-        raise argparse.ArgumentTypeError(f"expected true or false, not {value!r}")
-    return lowered in ("true", "1", "yes")
-
-
 # Options that make the command do something else than run a job: not Flex Template
 # parameters (dataflow/metadata.json).
 LOCAL_ONLY = ("explain_mapping",)
 
 HELP_EPILOG = """\
-Beam options pass through unchanged, for example:
-  --runner DirectRunner|DataflowRunner   where to run (default: DirectRunner)
-  --direct_num_workers N                 local parallelism
+Beam options pass through by their full names (a typo or abbreviation is an error):
+  --runner DataflowRunner|DirectRunner   where to run (default: Beam's FnApiRunner,
+                                         2 worker processes for exports >= 8 MiB)
+  --direct_num_workers N                 local parallelism (1: one process)
   --direct_running_mode multi_processing|multi_threading|in_memory
   --project, --region, --temp_location, --setup_file   for Dataflow
   --s3_endpoint_url, --s3_region_name, --s3_access_key_id, ...   for s3://
@@ -267,7 +239,7 @@ def parser() -> argparse.ArgumentParser:
     """Our options; each also has its underscore spelling (``--batch_size``), as Beam's
     options and Dataflow Flex Template parameters (dataflow/metadata.json) have."""
     ap = argparse.ArgumentParser(
-        prog="python -m pipelines.currents_to_partners",
+        prog="python -m pipelines.currents_to_partners", allow_abbrev=False,
         description="Turn a raw Braze Currents export (Avro) into clean, deduplicated "
                     "events, a dead letter and a run summary.",
         epilog=HELP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -383,9 +355,47 @@ def _delivery_options(ap: argparse.ArgumentParser) -> None:
                  f"(default: {rps:g})")
 
 
+class OptionError(ValueError):
+    """An option neither ours nor Beam's (a typo, an abbreviation): exit 2 with a hint."""
+
+
+def beam_option_names(args: list[str]) -> tuple[set[str], list[str]]:
+    """Beam's registered option names (as ``--name``) and the arguments of ``args`` that
+    none of Beam's registered options accepts, both from the parser Beam itself builds
+    (``PipelineOptions.get_all_options``, which hands it to ``add_extra_args_fn``; it
+    does not accept abbreviations)."""
+    parsers: list[argparse.ArgumentParser] = []
+    names = {f"--{name}" for name in PipelineOptions([]).get_all_options(
+        add_extra_args_fn=parsers.append)}
+    _, unknown = parsers[0].parse_known_args(args)
+    return names, unknown
+
+
+def check_beam_args(beam_args: list[str], ours: list[str]) -> None:
+    """Raise OptionError for the first argument that is neither ours nor Beam's, naming
+    the closest valid options. Beam would only log a warning and drop it."""
+    names, unknown = beam_option_names(beam_args)
+    for arg in unknown:
+        if not arg.startswith("-"):
+            raise OptionError(f"unexpected argument {arg!r} (options are --name=value)")
+        name = arg.split("=", 1)[0]
+        close = difflib.get_close_matches(name, ours + sorted(names), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else "; see --help"
+        raise OptionError(f"unknown option {name}{hint}")
+
+
+def our_option_names(ap: argparse.ArgumentParser) -> list[str]:
+    """Every spelling of our options (``--batch-size`` and ``--batch_size``)."""
+    return sorted({s for action in ap._actions for s in action.option_strings
+                   if s.startswith("--")})
+
+
 def parse(argv: list[str] | None) -> tuple[RunConfig, list[str]]:
-    """Our options as a RunConfig, and the arguments left for Beam."""
-    args, beam_args = parser().parse_known_args(argv)
+    """Our options as a RunConfig, and the arguments left for Beam (each one a Beam
+    option, by its full name: anything else raises OptionError)."""
+    ap = parser()
+    args, beam_args = ap.parse_known_args(argv)
+    check_beam_args(beam_args, our_option_names(ap))
     values = vars(args)
     for dest, env in CREDENTIALS.items():
         if values[dest] is None and os.environ.get(env):
