@@ -13,14 +13,23 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python setup.py constraints.txt
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,aws,azure]'
 	$(BIN)/python -m tests.install_duckdb_spatial
+	touch $@
+
+# Azurite, the Azure Blob Storage emulator the tests start (npm; 3.35 is the last
+# release that runs on Node 20), installed into the repository, not globally
+AZURITE_VERSION ?= 3.35.0
+AZURITE = .azurite/node_modules/.bin/azurite-blob
+$(AZURITE):
+	npm install --prefix .azurite --no-save --no-audit --no-fund --loglevel=error \
+		azurite@$(AZURITE_VERSION)
 	touch $@
 
 run: $(VENV)/.installed          ## run the pipeline on the bundled sample -> ./output
 	$(BIN)/python -m pipelines.currents_to_partners $(ARGS)
 
-test: $(VENV)/.installed         ## run the whole test suite
+test: $(VENV)/.installed $(AZURITE)  ## run the whole test suite
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 EVENTS ?= 500000
@@ -38,4 +47,4 @@ sample: $(VENV)/.installed       ## regenerate the bundled sample export
 	$(BIN)/python -m pipelines.make_sample
 
 clean:
-	rm -rf $(VENV) output build *.egg-info .pytest_cache
+	rm -rf $(VENV) output build *.egg-info .pytest_cache .azurite

@@ -16,43 +16,39 @@ On your own export, locally or on Dataflow (see README "Run on Dataflow"):
 """
 from __future__ import annotations
 
-import gc
-import os
-
-if __name__ == "__main__":  # the command: its process settings before Beam's import
-    from pipelines.cli import before_beam_import
-    before_beam_import()
-
-import contextlib  # noqa: E402
+import contextlib
 import functools
 import logging
+import os
 import sys
 import tempfile
 import time
 import uuid
-from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions,
-                                                  PipelineOptions,
+from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
                                                   PortableOptions, StandardOptions,
                                                   TestOptions)
 from pydantic import ValidationError
 
-from pipelines.gcs import emulator_args
-from pipelines.options import BeamOptions, RunConfig, parse
-from pipelines.worker_template import WorkerTemplate
+from pipelines.options import OptionError, RunConfig, parse
+from pipelines.storage import StorageError, prepare_storage
 from transforms import (DeduplicateEvents, FormatForPartners, ReadCurrentsExport,
                         ValidateEvents)
+from transforms.deliver import FAILED, DeliverToPartner
 from transforms.fanout import skipped_tag
+from transforms.mapping import validate_overrides
 from transforms.partners import PARTNERS
 from transforms.read import export_size
 from transforms.sinks import SUMMARY, TEMPORARY, CommitOutputs, ShardRecords, WriteShards
-from transforms.summary import MergeStats, build_summary, file_stats, render_table
+from transforms.summary import (MergeStats, StatsToMetrics, build_summary, file_stats,
+                                render_table)
+from transforms.types import STATS
 
 OUTPUT_FOLDERS = ("events", "dead_letter", "duplicates", "file_errors") + tuple(
-    f"partners/{p}{sub}" for p in PARTNERS for sub in ("", "/_skipped"))
+    f"partners/{p}{sub}" for p in PARTNERS for sub in ("", "/_skipped")) + tuple(
+    f"delivery_failed/{p}" for p in PARTNERS)
 
 
 def input_root(path: str) -> str:
@@ -76,7 +72,7 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
     n = cfg.shards or MIN_SHARDS
     read = p | "ReadCurrentsExport" >> ReadCurrentsExport(
         cfg.input, cfg.batch_size, as_frames=True)
-    checked = read.rows | "ValidateEvents" >> ValidateEvents()
+    checked = read.rows | "ValidateEvents" >> ValidateEvents(strict=cfg.strict)
     unique = checked.valid | "DeduplicateEvents" >> DeduplicateEvents(n, spill_dir)
 
     root = input_root(cfg.input)  # shard by the path within the export, not its location
@@ -99,7 +95,8 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
     written += warehouse_files
     if cfg.partners:
         formatted = unique.events | "FormatForPartners" >> FormatForPartners(
-            cfg.partners, cfg.partner_config())
+            cfg.partners, cfg.partner_config(), overrides=cfg.overrides,
+            forward_new_fields=cfg.forward_new_fields)
         stats.append(formatted.stats)
     for partner in cfg.partners:
         written += [
@@ -107,12 +104,24 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
                 temp_dir, f"partners/{partner}", n),
             formatted[skipped_tag(partner)] | f"WriteSkipped[{partner}]" >> WriteShards(
                 temp_dir, f"partners/{partner}/_skipped", n)]
+    for partner in cfg.deliver:  # exactly the payloads written to partners/<partner>/
+        delivery = formatted[partner] | f"Deliver[{partner}]" >> DeliverToPartner(
+            partner, cfg.delivery_config(partner))
+        stats.append(delivery[STATS])
+        written.append(
+            delivery[FAILED]
+            | f"ShardDeliveryFailed[{partner}]" >> ShardRecords(
+                n, shard_key=lambda f: str(f["id"]),
+                sort_key=lambda f: (str(f["id"]), f["reason"]))
+            | f"WriteDeliveryFailed[{partner}]" >> WriteShards(
+                temp_dir, f"delivery_failed/{partner}", n))
 
     written = written | "AllWritten" >> beam.Flatten()
-    stats = stats | "AllStats" >> beam.Flatten() | "MergeStats" >> beam.CombineGlobally(
-        MergeStats())
+    stats = (stats | "AllStats" >> beam.Flatten() | "StatsToMetrics" >> StatsToMetrics()
+             | "MergeStats" >> beam.CombineGlobally(MergeStats()))
 
-    make_summary = functools.partial(build_summary, partners=cfg.partners, shards=n)
+    make_summary = functools.partial(build_summary, partners=cfg.partners, shards=n,
+                                     deliver=cfg.deliver, dry_run=cfg.deliver_dry_run)
     return p | "CommitOutputs" >> CommitOutputs(
         cfg.output, temp_dir, OUTPUT_FOLDERS, written, stats, make_summary)
 
@@ -152,13 +161,10 @@ def auto_shards(avro_bytes: int) -> int:
     return max(MIN_SHARDS, -(-avro_bytes // SHARD_BYTES))
 
 
-# Local runs of exports at least this big use both cores: worker processes started as
-# new interpreters cost ~2 s of CPU and ~250 MB each, not worth it for a small export;
-# forked from the command's template (see pipelines.worker_template) they are ready in
-# 7-14 ms, and 25k events (2.2 MiB) already ran in 2.1-2.3 s instead of 2.6-3.0 s in one
-# process (for ~0.5 s more CPU).
+# Local runs of exports at least this big use both cores: each worker process is a new
+# interpreter that imports Beam and our modules (~1 s of CPU and ~200 MB), not worth it
+# for a small export.
 PARALLEL_BYTES = 8 * 2**20
-FORKED_PARALLEL_BYTES = 2 * 2**20
 LOCAL_WORKERS = 2
 
 
@@ -176,15 +182,12 @@ def runs_locally(options: PipelineOptions) -> bool:
             and environment in ("", "LOOPBACK", "PROCESS"))
 
 
-def local_parallelism(beam_args: list[str], avro_bytes: int,
-                      forked: bool = False) -> list[str]:
-    """Beam arguments with local worker processes added for a big export on the
-    DirectRunner, unless the user chose a runner mode or worker count. ``forked``: the
-    workers would be forked from a template (cheaper: smaller exports qualify)."""
+def local_parallelism(beam_args: list[str], avro_bytes: int) -> list[str]:
+    """Beam arguments with local worker processes added for a big export on a local
+    runner, unless the user chose a runner mode or worker count."""
     chosen = " ".join(beam_args)
     if ("--direct_num_workers" in chosen or "--direct_running_mode" in chosen
-            or avro_bytes < (FORKED_PARALLEL_BYTES if forked else PARALLEL_BYTES)
-            or LOCAL_WORKERS < 2):
+            or avro_bytes < PARALLEL_BYTES or LOCAL_WORKERS < 2):
         return beam_args
     runner = PipelineOptions(beam_args).view_as(StandardOptions).runner
     if runner not in DIRECT_RUNNERS:
@@ -193,57 +196,29 @@ def local_parallelism(beam_args: list[str], avro_bytes: int,
             "--direct_running_mode=multi_processing"]
 
 
-def forks_workers(options: PipelineOptions) -> bool:
-    """Whether ``local_runner`` runs this job with local worker processes, which it can
-    fork from a template."""
-    return (options.view_as(StandardOptions).runner is None
-            and options.view_as(DirectOptions).direct_running_mode == "multi_processing")
-
-
-def local_runner(options: PipelineOptions, template: Any = None) -> Any:
-    """The runner for a run that chose none: Beam's Python FnApiRunner, set up as the
-    DirectRunner sets it up (it runs the local worker processes). The DirectRunner itself
-    would first try Prism, which downloads a Go binary from GitHub on every run: a hang
-    behind a firewall, and a different runner from the one tested and measured here.
-    Its local worker processes are forked from ``template`` (a started
-    ``worker_template.WorkerTemplate``) if given, else start from
-    ``pipelines.local_worker``; both run Beam's harness, then exit without interpreter
-    teardown (see ``pipelines.local_worker``).
-    None when a runner was chosen (``--runner=PrismRunner`` for Prism)."""
-    if options.view_as(StandardOptions).runner is not None:
+def local_runner(options: PipelineOptions) -> beam.runners.PipelineRunner | None:
+    """The runner for a run that chose none: Beam's portable Python runner
+    (``FnApiRunner``, the one Beam's DirectRunner runs batch jobs on), built through its
+    constructor as the DirectRunner builds it, with the pipeline options its worker
+    processes need. Beam's DirectRunner itself first tries Prism, which downloads a Go
+    binary from GitHub on every run: a hang behind a firewall, and a different runner
+    from the one tested and measured here (``--runner=DirectRunner`` or
+    ``--runner=PrismRunner`` choose them). ``--runner=FnApiRunner`` gets the same one
+    (Beam would build it without the options); None when another runner was chosen.
+    See docs/local-runner.md."""
+    if options.view_as(StandardOptions).runner not in (None, "FnApiRunner"):
         return None
-    from apache_beam.portability import python_urns
     from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner, fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
-    from pipelines import local_worker
-
-    # The payload of Beam's subprocess environment is its command line, as bytes
-    beams_command = f"{sys.executable} -m apache_beam.runners.worker.sdk_worker_main"
-
-    if template is not None:
-        local_worker.use_template(template)
-
-    class LocalRunner(fn_runner.FnApiRunner):
-        def run_via_runner_api(self, pipeline_proto, options):
-            # Beam's worker command (multi_processing) -> our forked or started workers;
-            # any other environment (in-process or threaded workers) is left as it is.
-            for env in pipeline_proto.components.environments.values():
-                if (env.urn == python_urns.SUBPROCESS_SDK
-                        and env.payload == beams_command.encode()):
-                    env.payload = local_worker.COMMAND.encode()
-                    if template is not None:
-                        env.urn = local_worker.FORKED_URN
-            return super().run_via_runner_api(pipeline_proto, options)
-
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
-    return LocalRunner(provision_info=fn_runner.ExtendedProvisionInfo(
+    return FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
         beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
 
 
 def local_worker_env(env: dict) -> None:
-    """Settings for the local worker processes we start (they inherit ``env``), unless
+    """Settings for the local worker processes Beam starts (they inherit ``env``), unless
     the user chose:
 
     - two glibc malloc arenas: glibc gives each thread its own arena (up to 8 per core),
@@ -279,28 +254,28 @@ def read_summary(output: str) -> dict:
         return json.loads(fo.read())
 
 
-def run(argv: list[str] | None = None, template: Any = None) -> int:
-    """Parse options, run the pipeline, print the summary; returns the exit code.
-
-    ``template``: a started ``worker_template.WorkerTemplate`` to fork local workers
-    from, if the run has local workers; ended (and reaped) before this returns."""
-    try:
-        return _run(argv, template)
-    finally:
-        if template is not None:
-            template.close()
-
-
-def _run(argv: list[str] | None, template: Any) -> int:
+def run(argv: list[str] | None = None) -> int:
+    """Parse options, run the pipeline, print the summary; returns the exit code."""
     try:
         cfg, beam_args = parse(argv)
+    except OptionError as exc:
+        return _fail(str(exc), 2)
     except ValidationError as exc:
         return _fail("; ".join(
             (f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: " if e["loc"] else "")
             + e["msg"].removeprefix("Value error, ") for e in exc.errors()), 2)
     except ValueError as exc:
         return _fail(str(exc), 2)
-    beam_args = emulator_args(beam_args)
+    if cfg.explain_mapping:
+        from transforms.partners import explain_mapping
+        print(explain_mapping(cfg.explain_mapping, cfg.partners or PARTNERS,
+                              overrides=cfg.overrides and validate_overrides(cfg.overrides),
+                              forward_new_fields=cfg.forward_new_fields), end="")
+        return 0
+    try:
+        prepare_storage([cfg.input], [cfg.output], beam_args)
+    except StorageError as exc:
+        return _fail(str(exc), 2)
     if cfg.bigquery_dataset and cfg.bigquery_method == "file_loads" and not str(
             PipelineOptions(beam_args).view_as(GoogleCloudOptions).temp_location
             ).startswith("gs://"):
@@ -315,7 +290,7 @@ def _run(argv: list[str] | None, template: Any) -> int:
         return _fail(f"no .avro files found under {cfg.input}", 2)
     if cfg.shards is None:
         cfg = cfg.model_copy(update={"shards": auto_shards(size)})
-    beam_args = local_parallelism(beam_args, size, forked=template is not None)
+    beam_args = local_parallelism(beam_args, size)
     temp_dir = FileSystems.join(cfg.output, TEMPORARY, uuid.uuid4().hex)
     try:
         _check_output_writable(temp_dir)
@@ -325,17 +300,10 @@ def _run(argv: list[str] | None, template: Any) -> int:
     print(f"Reading {files} files ({size / 2**20:.1f} MiB) under {cfg.input}\n"
           f"Writing {cfg.output} ({cfg.shards} shards)", flush=True)
     started = time.monotonic()
-    options = BeamOptions(beam_args, save_main_session=False)
-    forks = forks_workers(options)
-    if template is not None and not forks:
-        template.kill()  # no use for it
-        template = None
-    if forks:
-        print(f"Using {options.view_as(DirectOptions).direct_num_workers} local worker "
-              "processes, " + ("forked from this one" if template is not None else
-                               "each a new interpreter")
-              + " (--direct_num_workers=1 for one process)", flush=True)
+    options = PipelineOptions(beam_args, save_main_session=False)
     if f"--direct_num_workers={LOCAL_WORKERS}" in beam_args[-2:]:
+        print(f"Using {LOCAL_WORKERS} local worker processes "
+              "(--direct_num_workers=1 for one process)", flush=True)
         local_worker_env(os.environ)
     if not os.environ.get("CURRENTS_DEBUG"):  # workers' start-up warnings, relayed
         logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(
@@ -343,7 +311,7 @@ def _run(argv: list[str] | None, template: Any) -> int:
     try:
         spill = (tempfile.TemporaryDirectory(prefix="currents-shuffle-")
                  if runs_locally(options) else contextlib.nullcontext())
-        with spill as spill_dir, beam.Pipeline(runner=local_runner(options, template),
+        with spill as spill_dir, beam.Pipeline(runner=local_runner(options),
                                                 options=options) as p:
             build(p, cfg, temp_dir, spill_dir)
         if _job_not_run_here(options):
@@ -363,26 +331,39 @@ def _run(argv: list[str] | None, template: Any) -> int:
                      f"{cfg.max_invalid_ratio}", 1)
     if not summary["conservation_ok"]:
         return _fail("conservation check failed: rows_read != valid + invalid + duplicates", 1)
-    return 0
+    return _check_delivery(cfg, summary)
+
+
+def _check_delivery(cfg: RunConfig, summary: dict) -> int:
+    """Every payload written for a delivered partner is delivered or in
+    delivery_failed/ (else exit 1); events left undelivered by retries or refused
+    credentials also fail the run (a rerun can deliver them: dedup keys make it safe)."""
+    code = 0
+    for partner in cfg.deliver:
+        d = summary["delivery"][partner]
+        if cfg.deliver_dry_run:
+            print(f"dry run: {partner}: {d['requests']} requests, {d['bytes_sent']} bytes "
+                  f"would go to {cfg.delivery_config(partner).url(partner)}")
+        if not d["accounted"]:
+            code = _fail(f"delivery accounting broken for {partner}: delivered "
+                         f"{d['delivered']} + failed {d['failed']} != written "
+                         f"{summary['partners'][partner]['written']}", 1)
+            continue
+        if d["failed"]:
+            reasons = ", ".join(f"{r} {k}" for r, k in d["failed_reasons"].items())
+            print(f"{partner}: {d['failed']} events not delivered ({reasons}); see "
+                  f"delivery_failed/{partner}/", file=sys.stderr)
+        undelivered = sum(d["failed_reasons"].get(r, 0)
+                          for r in ("retries_exhausted", "unauthorized"))
+        if undelivered:
+            code = _fail(f"{undelivered} events not delivered to {partner} "
+                         "(retries exhausted or credentials refused); rerun to resend "
+                         "(the partner deduplicates by event id)", 1)
+    return code
 
 
 def main() -> None:
-    # Importing Beam makes ~150k long-lived objects and little garbage: with the
-    # collector off meanwhile and those objects frozen (never walked again), start-up
-    # spends ~0.01 s instead of ~0.28 s in collections, before any worker starts.
-    gc.freeze()
-    gc.enable()
-    # Local workers are forked from a copy of this process made now, its imports done and
-    # nothing else (see pipelines.worker_template); CURRENTS_FORK_WORKERS=0 starts them.
-    template = (WorkerTemplate.start() if os.environ.get("CURRENTS_FORK_WORKERS") != "0"
-                else None)
-    code = run(sys.argv[1:], template)
-    # Everything is written, closed and printed: skip the interpreter's teardown of
-    # Beam's modules and objects, ~0.4 s of a 12 s run at 500k events.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    logging.shutdown()
-    os._exit(code)
+    sys.exit(run(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def sample_files() -> list[dict]:
         ("users.behaviors.CustomEvent", {"properties": "{not json"}),
         ("users.behaviors.Purchase", {"properties": "[1, 2]"}),
         ("users.messages.whatsapp.Read", {"time": BASE_MS}),  # time is a long there
-        ("users.messages.pushnotification.Send", {"user_id": None}),
+        ("users.messages.pushnotification.Send", {"time": None}),  # needed, whatever the schema
     ]
     for etype, override in broken:
         files.append({"event_type": etype, "hour": HOURS[1], "offset": 9, "nullable": override,

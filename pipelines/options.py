@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import re
 from importlib import resources
@@ -12,35 +13,26 @@ from typing import Literal
 from apache_beam.options.pipeline_options import PipelineOptions
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from transforms.deliver import DEFAULT_ENDPOINTS, DEFAULT_MAX_RPS, DeliveryConfig
 from transforms.identities import PARTNERS
 from transforms.read import BATCH_SIZE
+
+# delivery credentials: option dest -> environment variable (the option wins)
+CREDENTIALS = {
+    "amplitude_api_key": "AMPLITUDE_API_KEY",
+    "mixpanel_service_account_username": "MIXPANEL_SERVICE_ACCOUNT_USERNAME",
+    "mixpanel_service_account_secret": "MIXPANEL_SERVICE_ACCOUNT_SECRET",
+    "mixpanel_project_id": "MIXPANEL_PROJECT_ID",
+    "mixpanel_api_secret": "MIXPANEL_API_SECRET",
+    "mparticle_api_key": "MPARTICLE_API_KEY",
+    "mparticle_api_secret": "MPARTICLE_API_SECRET",
+    "segment_write_key": "SEGMENT_WRITE_KEY",
+}
 
 
 def bundled_sample() -> str:
     """The small sample export shipped with the package (made by pipelines/make_sample.py)."""
     return str(resources.files("pipelines").joinpath("sample_export"))
-
-
-class BeamOptions(PipelineOptions):
-    """Beam's options, with each view (``view_as(SomeOptions)``) made once and reused.
-
-    Beam asks for a view for every transform applied and again while running the job,
-    and each new view builds an argparse parser of every registered option: ~0.1 s of
-    the command's start-up at 500k events (to the first bundle: 0.38 -> 0.26-0.29 s),
-    before any worker starts. A view keeps no value of its own (values live in the dict
-    all views share), so reusing one changes nothing."""
-
-    def view_as(self, cls):
-        views = self.__dict__.setdefault("_views", {})
-        view = views.get(cls)
-        if view is None:
-            view = views[cls] = super().view_as(cls)
-        return view
-
-    def __getstate__(self):
-        state = dict(super().__getstate__())
-        state.pop("_views", None)
-        return state
 
 
 class RunConfig(BaseModel):
@@ -55,6 +47,35 @@ class RunConfig(BaseModel):
     max_invalid_ratio: float | None = Field(None, ge=0.0, le=1.0)
     mixpanel_token: SecretStr | None = None
     mparticle_environment: Literal["production", "development"] = "production"
+    mapping_overrides: str | None = None  # path of a --mapping-overrides file
+    overrides: dict | None = None  # its JSON, checked (transforms.mapping)
+    forward_new_fields: bool = False
+    strict: bool = False
+    explain_mapping: str | None = None
+    # delivery to the partners' APIs (transforms.deliver, docs/delivery.md)
+    deliver: tuple[str, ...] = ()
+    deliver_dry_run: bool = False
+    amplitude_api: Literal["http", "batch"] = "http"
+    amplitude_endpoint: str = DEFAULT_ENDPOINTS["amplitude"]
+    mixpanel_endpoint: str = DEFAULT_ENDPOINTS["mixpanel"]
+    mparticle_endpoint: str = DEFAULT_ENDPOINTS["mparticle"]
+    segment_endpoint: str = DEFAULT_ENDPOINTS["segment"]
+    amplitude_api_key: SecretStr | None = None
+    mixpanel_service_account_username: SecretStr | None = None
+    mixpanel_service_account_secret: SecretStr | None = None
+    mixpanel_project_id: str | None = None
+    mixpanel_api_secret: SecretStr | None = None
+    mparticle_api_key: SecretStr | None = None
+    mparticle_api_secret: SecretStr | None = None
+    segment_write_key: SecretStr | None = None
+    delivery_max_retries: int = Field(8, ge=0, le=100)
+    delivery_timeout: float = Field(300.0, gt=0)
+    delivery_backoff: float = Field(1.0, ge=0)
+    delivery_concurrency: int = Field(4, ge=1, le=64)
+    amplitude_max_rps: float = Field(DEFAULT_MAX_RPS["amplitude"], ge=0)
+    mixpanel_max_rps: float = Field(DEFAULT_MAX_RPS["mixpanel"], ge=0)
+    mparticle_max_rps: float = Field(DEFAULT_MAX_RPS["mparticle"], ge=0)
+    segment_max_rps: float = Field(DEFAULT_MAX_RPS["segment"], ge=0)
     parquet_output: str | None = None
     bigquery_dataset: str | None = None
     bigquery_method: Literal["file_loads", "streaming_inserts",
@@ -78,12 +99,82 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _partner_settings(self):
-        if "mixpanel" in self.partners and not (
+        if "mixpanel" in self.partners and not self.explain_mapping and not (
                 self.mixpanel_token and self.mixpanel_token.get_secret_value()):
             raise ValueError("Mixpanel needs a project token: pass --mixpanel-token or set "
                              "MIXPANEL_TOKEN (or leave mixpanel out of --partners)")
+        not_formatted = [p for p in self.deliver if p not in self.partners]
+        if not_formatted:
+            raise ValueError(f"--deliver {','.join(not_formatted)}: not in --partners "
+                             f"({','.join(self.partners) or 'none'})")
+        missing = [m for p in self.deliver for m in [self._missing_credentials(p)] if m]
+        if missing:
+            raise ValueError("missing credentials: " + "; ".join(missing))
         return self
 
+    def _secret(self, name: str) -> str:
+        value = getattr(self, name)
+        return value.get_secret_value() if isinstance(value, SecretStr) else (value or "")
+
+    def _missing_credentials(self, partner: str) -> str | None:
+        """What ``partner`` lacks to be delivered to, as one phrase, or None."""
+        def need(*names: str) -> list[str]:
+            return [n for n in names if not self._secret(n)]
+
+        def say(names: list[str]) -> str:
+            return " and ".join(f"{CREDENTIALS[n]} (--{n.replace('_', '-')})" for n in names)
+
+        if partner == "mixpanel":
+            account = need("mixpanel_service_account_username",
+                           "mixpanel_service_account_secret", "mixpanel_project_id")
+            if not account or not need("mixpanel_api_secret"):
+                return None
+            return (f"mixpanel needs a service account, {say(account)}, "
+                    f"or the project's {say(['mixpanel_api_secret'])}")
+        names = {"amplitude": ("amplitude_api_key",),
+                 "mparticle": ("mparticle_api_key", "mparticle_api_secret"),
+                 "segment": ("segment_write_key",)}[partner]
+        lacking = need(*names)
+        return f"{partner} needs {say(lacking)}" if lacking else None
+
+    @field_validator("amplitude_endpoint", "mixpanel_endpoint", "mparticle_endpoint",
+                     "segment_endpoint")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+        parts = urlsplit(value)
+        try:
+            parts.port
+        except ValueError:
+            raise ValueError(f"{value!r}: bad port") from None
+        if (parts.scheme not in ("http", "https") or not parts.hostname
+                or parts.path not in ("", "/") or parts.query or parts.fragment
+                or parts.username or parts.password):
+            raise ValueError(f"{value!r} is not a base URL: scheme, host and optional port "
+                             "only (https://api.example.com:8443); the API path is appended")
+        return value.rstrip("/")
+
+    def delivery_config(self, partner: str) -> DeliveryConfig:
+        """How to deliver to ``partner`` (its credentials revealed only here)."""
+        credentials = {
+            "amplitude": {"api_key": self._secret("amplitude_api_key")},
+            "mixpanel": (
+                {"username": self._secret("mixpanel_service_account_username"),
+                 "secret": self._secret("mixpanel_service_account_secret"),
+                 "project_id": self._secret("mixpanel_project_id")}
+                if self._secret("mixpanel_service_account_username")
+                else {"api_secret": self._secret("mixpanel_api_secret")}),
+            "mparticle": {"api_key": self._secret("mparticle_api_key"),
+                          "api_secret": self._secret("mparticle_api_secret")},
+            "segment": {"write_key": self._secret("segment_write_key")},
+        }[partner]
+        return DeliveryConfig(
+            endpoint=getattr(self, f"{partner}_endpoint"), credentials=credentials,
+            amplitude_api=self.amplitude_api, max_retries=self.delivery_max_retries,
+            timeout=self.delivery_timeout, backoff=self.delivery_backoff,
+            max_backoff=max(self.delivery_backoff, min(60.0, self.delivery_timeout / 4)),
+            max_rps=getattr(self, f"{partner}_max_rps"), dry_run=self.deliver_dry_run,
+            concurrency=self.delivery_concurrency)
     @model_validator(mode="after")
     def _bigquery_settings(self):
         if self.bigquery_dataset and self.bigquery_method == "storage_write_api":
@@ -96,7 +187,13 @@ class RunConfig(BaseModel):
         token = self.mixpanel_token.get_secret_value() if self.mixpanel_token else None
         return {"mixpanel_token": token, "mparticle_environment": self.mparticle_environment}
 
-    @field_validator("partners", mode="before")
+    @model_validator(mode="after")
+    def _overrides(self):
+        if self.mapping_overrides and self.overrides is None:
+            object.__setattr__(self, "overrides", load_overrides(self.mapping_overrides))
+        return self
+
+    @field_validator("partners", "deliver", mode="before")
     @classmethod
     def _split(cls, value):
         if isinstance(value, str):
@@ -108,12 +205,41 @@ class RunConfig(BaseModel):
         return tuple(dict.fromkeys(value))
 
 
+def load_overrides(path: str) -> dict:
+    """The JSON of a ``--mapping-overrides`` file (local or gs://), checked now: a bad key
+    is an error naming it, before any data is read."""
+    import json
+
+    from apache_beam.io.filesystems import FileSystems
+
+    from transforms.mapping import validate_overrides
+    try:
+        with FileSystems.open(path) as fo:
+            text = fo.read().decode("utf-8")
+    except Exception as exc:
+        raise ValueError(f"cannot read --mapping-overrides {path}: {exc}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"--mapping-overrides {path} is not JSON: {exc}") from None
+    validate_overrides(data)
+    return data
+
+
+# Options that make the command do something else than run a job: not Flex Template
+# parameters (dataflow/metadata.json).
+LOCAL_ONLY = ("explain_mapping",)
+
 HELP_EPILOG = """\
-Beam options pass through unchanged, for example:
-  --runner DirectRunner|DataflowRunner   where to run (default: DirectRunner)
-  --direct_num_workers N                 local parallelism
+Beam options pass through by their full names (a typo or abbreviation is an error):
+  --runner DataflowRunner|DirectRunner   where to run (default: Beam's FnApiRunner,
+                                         2 worker processes for exports >= 8 MiB)
+  --direct_num_workers N                 local parallelism (1: one process)
   --direct_running_mode multi_processing|multi_threading|in_memory
   --project, --region, --temp_location, --setup_file   for Dataflow
+  --s3_endpoint_url, --s3_region_name, --s3_access_key_id, ...   for s3://
+  --azure_connection_string, --blob_service_endpoint   for azfs://
+  (s3:// and azfs:// need the [aws] and [azure] extras; see docs/storage.md)
 
 Outputs under --output:
   events/        one deduplicated event per line (Currents fields + event_type)
@@ -122,9 +248,17 @@ Outputs under --output:
   file_errors/   files that could not be read (fully or partly), with the reason
   partners/<p>/  one payload per line for partner p, in its ingestion API's format
   partners/<p>/_skipped/  events not sent to p: {event_type, id, reason}
+  delivery_failed/<p>/  with --deliver: payloads p did not take:
+                 {reason, event_type, id, status, error, payload}
   summary.json   counts; written last, it marks a complete run
 
-Exit codes: 0 success; 1 run failed or --max-invalid-ratio exceeded; 2 bad options/input.
+Delivery credentials (with --deliver; options of the same names override them):
+  AMPLITUDE_API_KEY; MIXPANEL_SERVICE_ACCOUNT_USERNAME, MIXPANEL_SERVICE_ACCOUNT_SECRET
+  and MIXPANEL_PROJECT_ID, or MIXPANEL_API_SECRET; MPARTICLE_API_KEY and
+  MPARTICLE_API_SECRET; SEGMENT_WRITE_KEY. See docs/delivery.md.
+
+Exit codes: 0 success; 1 run failed, --max-invalid-ratio exceeded or events not
+delivered (retries exhausted, credentials refused); 2 bad options/input.
 """
 
 
@@ -132,15 +266,17 @@ def parser() -> argparse.ArgumentParser:
     """Our options; each also has its underscore spelling (``--batch_size``), as Beam's
     options and Dataflow Flex Template parameters (dataflow/metadata.json) have."""
     ap = argparse.ArgumentParser(
-        prog="python -m pipelines.currents_to_partners",
+        prog="python -m pipelines.currents_to_partners", allow_abbrev=False,
         description="Turn a raw Braze Currents export (Avro) into clean, deduplicated "
                     "events, a dead letter and a run summary.",
         epilog=HELP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--input", default=None,
-                    help="folder, prefix (local or gs://), glob or .avro file of a Currents "
-                         "export; every .avro below it is read. Default: the bundled sample")
+                    help="folder, prefix (local, gs://, s3:// or azfs://), glob or .avro "
+                         "file of a Currents export; every .avro below it is read. "
+                         "Default: the bundled sample")
     ap.add_argument("--output", default=None,
-                    help="folder (local or gs://) for the outputs. Default: ./output "
+                    help="folder (local, gs://, s3:// or azfs://) for the outputs. "
+                         "Default: ./output "
                          "(with the bundled sample)")
     ap.add_argument("--partners", default=",".join(PARTNERS),
                     help="comma-separated partners to format payloads for, under "
@@ -155,6 +291,24 @@ def parser() -> argparse.ArgumentParser:
                     dest="mparticle_environment",
                     default="production", choices=("production", "development"),
                     help="mParticle environment of each batch (default: production)")
+    ap.add_argument("--mapping-overrides", "--mapping_overrides", dest="mapping_overrides",
+                    default=None,
+                    help="JSON file (local or gs://) merged over the built-in partner "
+                         "mappings: rename an event, add or drop a field, mark a type not "
+                         "sendable (docs/partners.md); checked before any data is read")
+    ap.add_argument("--forward-new-fields", "--forward_new_fields", dest="forward_new_fields",
+                    type=_flag, nargs="?", const=True, default=False,
+                    help="send fields Braze added later (in the records, not in the "
+                         "mappings) to the partners' property bags (default: off; they stay "
+                         "in events/ and are counted in summary.json)")
+    ap.add_argument("--strict", type=_flag, nargs="?", const=True, default=False,
+                    help="dead-letter nulls in fields Braze's docs call required even where "
+                         "the file's writer schema allows them (default: keep such rows, "
+                         "count them under warnings in summary.json)")
+    ap.add_argument("--explain-mapping", "--explain_mapping", dest="explain_mapping",
+                    default=None, metavar="EVENT_TYPE",
+                    help="print the code the partner formatter compiles for EVENT_TYPE "
+                         "(for --partners, with --mapping-overrides) and exit")
     ap.add_argument("--shards", type=int, default=None,
                     help="output files per folder, and dedup parallelism. Default: from "
                          "the input size, one shard per ~1 MB of Avro (~10k events), "
@@ -186,13 +340,115 @@ def parser() -> argparse.ArgumentParser:
                     default=None,
                     help="URL of a BigQuery-compatible endpoint (a local emulator, a "
                          "private endpoint) instead of Google's")
+    _delivery_options(ap)
     return ap
 
 
+def _flag(text: str) -> bool:
+    """A switch that also takes a value (``--deliver_dry_run=true``: Flex Templates)."""
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+    return value in ("true", "1", "yes")
+
+
+def _delivery_options(ap: argparse.ArgumentParser) -> None:
+    def add(name: str, **kwargs) -> None:
+        dest = name.replace("-", "_")
+        ap.add_argument(f"--{name}", f"--{dest}", dest=dest, **kwargs)
+
+    add("deliver", default="",
+        help="comma-separated partners to send partners/<partner>/ payloads to, through "
+             "their bulk ingestion APIs (each also in --partners; default: none). "
+             "Payloads they do not take go to delivery_failed/<partner>/")
+    add("deliver-dry-run", nargs="?", const=True, default=False, type=_flag,
+        metavar="true|false",
+        help="with --deliver: build and size-check the requests and check the "
+             "credentials, but send nothing; prints the requests and bytes per URL")
+    add("amplitude-api", default="http", choices=("http", "batch"),
+        help="Amplitude API: http = HTTP V2 POST /2/httpapi (30 events/s per user or "
+             "device), batch = Batch Event Upload POST /batch (default: http)")
+    for partner in DEFAULT_ENDPOINTS:
+        add(f"{partner}-endpoint", default=DEFAULT_ENDPOINTS[partner],
+            help=f"{partner} API base URL, scheme://host[:port], the API path appended "
+                 f"(default: {DEFAULT_ENDPOINTS[partner]}; EU hosts in docs/delivery.md)")
+    what = {"amplitude_api_key": "Amplitude project API key",
+            "mixpanel_service_account_username": "Mixpanel service account username",
+            "mixpanel_service_account_secret": "Mixpanel service account secret",
+            "mixpanel_project_id": "Mixpanel project id (with a service account)",
+            "mixpanel_api_secret": "Mixpanel project API secret (instead of a service "
+                                   "account)",
+            "mparticle_api_key": "mParticle input feed key",
+            "mparticle_api_secret": "mParticle input feed secret",
+            "segment_write_key": "Segment source write key"}
+    for dest, env in CREDENTIALS.items():
+        secret = dest != "mixpanel_project_id"
+        add(dest.replace("_", "-"), default=None, metavar="SECRET" if secret else "ID",
+            help=f"{what[dest]} for --deliver (default: ${env})"
+                 + ("; never logged nor written anywhere" if secret else ""))
+    add("delivery-max-retries", type=int, default=8,
+        help="retries of a request on 429, 5xx, connection errors and timeouts, with "
+             "exponential backoff and jitter, never before Retry-After (default: 8)")
+    add("delivery-timeout", type=float, default=300.0,
+        help="seconds one request (with its retries) may take before its events go to "
+             "delivery_failed/ as retries_exhausted (default: 300)")
+    add("delivery-backoff", type=float, default=1.0,
+        help="seconds of the first retry's backoff, doubling each retry (default: 1)")
+    add("delivery-concurrency", type=int, default=4,
+        help="requests in flight per partner from each worker (default: 4)")
+    for partner, rps in DEFAULT_MAX_RPS.items():
+        add(f"{partner}-max-rps", type=float, default=rps,
+            help=f"most requests per second to {partner} from each worker; 0 for no cap "
+                 f"(default: {rps:g})")
+
+
+class OptionError(ValueError):
+    """An option neither ours nor Beam's (a typo, an abbreviation): exit 2 with a hint."""
+
+
+def beam_option_names(args: list[str]) -> tuple[set[str], list[str]]:
+    """Beam's registered option names (as ``--name``) and the arguments of ``args`` that
+    none of Beam's registered options accepts, both from the parser Beam itself builds
+    (``PipelineOptions.get_all_options``, which hands it to ``add_extra_args_fn``; it
+    does not accept abbreviations)."""
+    parsers: list[argparse.ArgumentParser] = []
+    names = {f"--{name}" for name in PipelineOptions([]).get_all_options(
+        add_extra_args_fn=parsers.append)}
+    _, unknown = parsers[0].parse_known_args(args)
+    return names, unknown
+
+
+def check_beam_args(beam_args: list[str], ours: list[str]) -> None:
+    """Raise OptionError for the first argument that is neither ours nor Beam's, naming
+    the closest valid options. Beam would only log a warning and drop it."""
+    names, unknown = beam_option_names(beam_args)
+    for arg in unknown:
+        if not arg.startswith("-"):
+            raise OptionError(f"unexpected argument {arg!r} (options are --name=value)")
+        name = arg.split("=", 1)[0]
+        close = difflib.get_close_matches(name, ours + sorted(names), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else "; see --help"
+        raise OptionError(f"unknown option {name}{hint}")
+
+
+def our_option_names(ap: argparse.ArgumentParser) -> list[str]:
+    """Every spelling of our options (``--batch-size`` and ``--batch_size``)."""
+    return sorted({s for action in ap._actions for s in action.option_strings
+                   if s.startswith("--")})
+
+
 def parse(argv: list[str] | None) -> tuple[RunConfig, list[str]]:
-    """Our options as a RunConfig, and the arguments left for Beam."""
-    args, beam_args = parser().parse_known_args(argv)
+    """Our options as a RunConfig, and the arguments left for Beam (each one a Beam
+    option, by its full name: anything else raises OptionError)."""
+    ap = parser()
+    args, beam_args = ap.parse_known_args(argv)
+    check_beam_args(beam_args, our_option_names(ap))
     values = vars(args)
+    for dest, env in CREDENTIALS.items():
+        if values[dest] is None and os.environ.get(env):
+            values[dest] = os.environ[env]
+        if values[dest] is not None and dest != "mixpanel_project_id":
+            values[dest] = SecretStr(values[dest])  # masked in any error's repr
     if values["input"] is None:
         values["input"] = bundled_sample()
         values["output"] = values["output"] or os.path.join(os.getcwd(), "output")

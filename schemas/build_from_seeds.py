@@ -207,6 +207,7 @@ def build_mappings(catalogue: dict, templates: dict, base: dict) -> dict[str, di
                     entry["const"] = role["const_by_event"].get(etype, role["const"])
                 else:
                     entry.update(role)
+                # the seed's mark, kept as documentation; `api_required` is what is enforced
                 entry["required"] = (parse_spec(value)["required"] if _is_spec(value)
                                      else role_required.get(path, False))
             elif not _is_spec(value):
@@ -258,18 +259,75 @@ def build_mappings(catalogue: dict, templates: dict, base: dict) -> dict[str, di
                 if not documented and entry.get("from") not in (None, *fields) and \
                         not str(entry.get("from", "")).startswith("@"):
                     continue  # default template keys this event has no source for
-                entries.append(entry)
+                entries.append(_api_view(entry, conv))
             mapping_events[etype] = {
                 "sendable": True, "documented": documented, "name": name,
                 "expand_properties": None if expand is None else {"prefix": expand},
                 "known_fields": sorted(set(fields) | IDENTITY_FIELDS | {
                     e["from"] for e in entries if not e.get("from", "@").startswith("@")}),
                 "fields": entries}
+        envelope = [_api_view(resolve("", path, None, {}), conv)
+                    for path in conv["default_template"] if path in roles]
         mappings[partner] = {
             "generated_by": "python -m schemas.build_from_seeds",
             "partner": partner, "api": conv["api"], "property_bag": bag,
-            "event_name": conv["event_name"], "events": mapping_events}
+            "event_name": conv["event_name"], "on_collision": conv["on_collision"],
+            "events": mapping_events,
+            "inferred": _inference(base["inference"], mapping_events, envelope, roles)}
     return mappings
+
+
+def _api_view(entry: dict, conv: dict) -> dict:
+    """A mapping entry with the partner's own key names (``renames``) and
+    ``api_required`` set where the partner's API requires the key."""
+    renamed = conv.get("renames", {}).get(entry["to"])
+    if renamed:
+        entry = {**entry, "to": renamed}
+    if entry["to"] in conv["api_required"]:
+        entry = {**entry, "api_required": True}
+    return entry
+
+
+def _most_common(counter: dict[str, int]) -> str:
+    return min(counter.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+
+
+def _inference(rules: dict, events: dict, envelope: list, roles: dict) -> dict:
+    """What the formatter needs to map an event type the seeds do not document: the
+    partner's name for each message action per channel (``Delivery`` -> sms:
+    ``Delivered``), the destination of each Currents field in documented types of each
+    channel and in any type, and the envelope every payload has."""
+    channels = rules["channels"]
+    actions: dict[str, dict[str, str]] = {}
+    by_channel: dict[str, dict[str, dict[str, int]]] = {}
+    anywhere: dict[str, dict[str, int]] = {}
+    for etype, spec in sorted(events.items()):
+        if not spec["sendable"]:
+            continue
+        parts = etype.split(".")
+        channel = parts[2] if etype.startswith("users.messages.") and len(parts) == 4 else None
+        display = channels.get(channel or "")
+        if channel and spec.get("documented") and spec["name"] and display and \
+                spec["name"].startswith(display + " "):
+            actions.setdefault(parts[3], {})[channel] = spec["name"][len(display) + 1:]
+        for entry in spec["fields"]:
+            source = entry.get("from", "@")
+            if source.startswith("@") or entry["to"] in roles or "when" in entry \
+                    or "convert" in entry:
+                continue
+            for table in ([by_channel.setdefault(channel, {})] if channel else []) + [anywhere]:
+                counts = table.setdefault(source, {})
+                counts[entry["to"]] = counts.get(entry["to"], 0) + 1
+    return {
+        "families": rules["families"], "not_sendable": rules["not_sendable"],
+        "channels": channels, "families_display": rules["families_display"],
+        "similar_channels": rules["similar_channels"],
+        "action_names": {a: dict(sorted(v.items())) for a, v in sorted(actions.items())},
+        "fields_by_channel": {c: {f: _most_common(t) for f, t in sorted(v.items())}
+                              for c, v in sorted(by_channel.items())},
+        "fields": {f: _most_common(t) for f, t in sorted(anywhere.items())},
+        "envelope": envelope,
+    }
 
 
 def _dump(obj: Any) -> str:

@@ -110,11 +110,35 @@ def python_type(name: str, field: FieldSpec) -> Any:
     return _PYTHON_TYPES[field.type]
 
 
-def event_model(event_type: str, spec: EventTypeSpec) -> type[BaseModel]:
-    """A pydantic model of one raw Currents row; unknown fields are allowed and kept."""
+# Fields a row cannot do without, whatever its writer schema allows: the dedup key and
+# the event time every partner and every hourly reconciliation needs.
+ALWAYS_REQUIRED = ("id", "time")
+
+
+def relaxed_spec(spec: EventTypeSpec, allowed_nulls: Any) -> tuple[EventTypeSpec, frozenset]:
+    """``spec`` with the required fields whose nulls the file's writer schema allows
+    made optional (but ``ALWAYS_REQUIRED``), and the set of fields so relaxed plus
+    ``field[]`` for arrays whose items may be null."""
+    allowed = frozenset(allowed_nulls or ())
+    relaxed = frozenset(n for n, f in spec.fields.items() if f.required and n in allowed
+                        and n not in ALWAYS_REQUIRED)
+    items = frozenset(n for n in allowed if n.endswith("[]") and n[:-2] in spec.fields)
+    if not relaxed:
+        return spec, items
+    fields = {n: f.model_copy(update={"required": False}) if n in relaxed else f
+              for n, f in spec.fields.items()}
+    return spec.model_copy(update={"fields": fields}), relaxed | items
+
+
+def event_model(event_type: str, spec: EventTypeSpec,
+                nullable_items: Any = ()) -> type[BaseModel]:
+    """A pydantic model of one raw Currents row; unknown fields are allowed and kept.
+    ``nullable_items``: ``field[]`` for array fields whose items may be null."""
     fields: dict[str, Any] = {}
     for name, field in spec.fields.items():
         kind = python_type(name, field)
+        if f"{name}[]" in nullable_items and field.type == "array<string>":
+            kind = list[StrictStr | None]
         fields[name] = (kind, ...) if field.required else (kind | None, None)
     model_name = "".join(part[:1].upper() + part[1:] for part in event_type.split("."))
     return create_model(model_name, __config__=ConfigDict(extra="allow", frozen=True),

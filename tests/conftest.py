@@ -12,8 +12,10 @@ import pytest  # noqa: E402
 
 from schemas.catalogue import load_catalogue  # noqa: E402
 
+# S3, Azure and BigQuery emulators; imitations of the partner APIs
+pytest_plugins = ["tests.fixtures_storage", "tests.fake_partners", "tests.fixtures_bigquery"]
+
 REPO = Path(__file__).resolve().parents[1]
-pytest_plugins = ["tests.fixtures_bigquery"]
 SEEDS = REPO.parent / "shared" / "seeds"
 
 
@@ -150,11 +152,18 @@ def gcs_emulator(tmp_path_factory):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"GCS emulator did not start: {log.read_text()}")
                 time.sleep(0.2)
-        saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "NO_GCE_CHECK")}
-        os.environ.update(STORAGE_EMULATOR_HOST=endpoint, NO_GCE_CHECK="True")
+        from tests.gcs_credentials import LoopbackCredentials
+        credentials = LoopbackCredentials(log.parent)  # see tests/gcs_credentials.py
+        saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "NO_GCE_CHECK",
+                                                "GOOGLE_APPLICATION_CREDENTIALS",
+                                                "GOOGLE_CLOUD_PROJECT")}
+        os.environ.update(STORAGE_EMULATOR_HOST=endpoint, NO_GCE_CHECK="True",
+                          GOOGLE_APPLICATION_CREDENTIALS=str(credentials.path),
+                          GOOGLE_CLOUD_PROJECT="emulator")
         try:
             yield GcsEmulator(endpoint, folder / "data" / ".cloudstorage")
         finally:
+            credentials.close()
             for key, value in saved.items():
                 if value is None:
                     os.environ.pop(key, None)

@@ -37,7 +37,8 @@ def shards() -> list[tuple[int, list[bytes]]]:
 
 
 def expected(data, partner):
-    """(payload elements, skipped elements, counters) for one partner, event by event."""
+    """(payload elements, skipped elements, counters) for one partner, event by event,
+    with the identity rule applied here (resolve_identity) to count eligibility."""
     fmt = PartnerFormatter(partner, CONFIG)
     payloads, skipped, stats = [], [], Counter()
     for shard, lines in data:
@@ -45,10 +46,14 @@ def expected(data, partner):
             sent, dropped = [], []
             for line in lines[start:start + CHUNK]:
                 record = orjson.loads(line)
+                payload, reason = fmt.format(record)
                 identity = resolve_identity(partner, record)
-                stats[f"partners/{partner}/" + (
-                    f"not_eligible/{identity}" if isinstance(identity, str) else "eligible")] += 1
-                payload, reason = fmt.format(record, identity)
+                type_skipped = reason in ("storage_only_event", "no_mapping_for_event_type")
+                if isinstance(identity, str) and not type_skipped:
+                    assert reason == identity  # the identity rule, before any key check
+                    stats[f"partners/{partner}/not_eligible/{identity}"] += 1
+                else:
+                    stats[f"partners/{partner}/eligible"] += 1
                 if payload is None:
                     dropped.append(dumps({"event_type": record["event_type"],
                                           "id": record["id"], "reason": reason}))
@@ -59,6 +64,8 @@ def expected(data, partner):
             payloads.append((shard, sent))
             if dropped:
                 skipped.append((shard, dropped))
+    stats.update({k: n for k, n in fmt.counters.items()  # collisions, held-back fields
+                  if "/not_eligible/" not in k})
     return payloads, skipped, stats
 
 
@@ -76,35 +83,18 @@ def test_same_outputs_and_counters_as_event_by_event():
         assert_that(out.stats | beam.CombineGlobally(MergeStats()), equal_to([dict(counters)]),
                     label="stats")
     assert counters["partners/mixpanel/not_eligible/no_external_id"] > 100
-    assert counters["partners/segment/not_eligible/no_braze_id"] > 10
+    assert counters["partners/segment/not_eligible/no_braze_id_or_external_id"] > 10
+    for partner in PARTNERS:  # one definition per counter
+        skipped = {k.rsplit("/", 1)[1]: n for k, n in counters.items()
+                   if k.startswith(f"partners/{partner}/skipped/")}
+        not_eligible = {k.rsplit("/", 1)[1]: n for k, n in counters.items()
+                        if k.startswith(f"partners/{partner}/not_eligible/")}
+        assert not_eligible and all(skipped[r] == n for r, n in not_eligible.items())
+        assert (counters[f"partners/{partner}/written"] + sum(skipped.values())
+                == sum(len(x) for _, x in data))
 
 
 @pytest.mark.parametrize("args", [((),), (("amplitude", "hubspot"),), (PARTNERS, None, 0)])
 def test_rejects_bad_arguments(args):
     with pytest.raises(ValueError):
         FormatForPartners(*args)
-
-
-def test_warmed_builders_are_the_ones_a_run_compiles():
-    """warm_builders compiles what compile_partners will ask for with real options: a
-    worker forked after it compiles nothing more for the catalogue's event types."""
-    import builtins
-
-    import transforms.partners as partners
-    partners._CODE.clear()
-    warmed = partners.warm_builders()
-    assert warmed >= 68 and len(partners._CODE) == warmed
-    mappings = {p: partners.load_mapping(p) for p in partners.PARTNERS}
-    config = {"mixpanel_token": "a-token", "mparticle_environment": "development"}
-    compiled = []
-    real_compile = builtins.compile
-    try:
-        builtins.compile = lambda *a, **k: compiled.append(a[1]) or real_compile(*a, **k)
-        for event_type in sorted(mappings["segment"]["events"]):
-            partners.compile_partners(event_type, partners.PARTNERS, mappings, config,
-                                      [([], []) for _ in partners.PARTNERS])
-        partners.compile_partners("users.SomethingNew", partners.PARTNERS, mappings, config,
-                                  [([], []) for _ in partners.PARTNERS])
-    finally:
-        builtins.compile = real_compile
-    assert compiled == ["<partners users.SomethingNew>"]  # only the type nobody warmed

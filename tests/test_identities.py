@@ -28,7 +28,10 @@ def test_mixpanel_and_mparticle_need_the_external_id():
 def test_segment_anonymous_id_is_the_braze_id():
     assert resolve_identity("segment", KNOWN) == {"anonymousId": "braze-1", "userId": "ext-1"}
     assert resolve_identity("segment", ANON) == {"anonymousId": "braze-3", "userId": None}
-    assert resolve_identity("segment", {"user_id": None}) == "no_braze_id"
+    assert resolve_identity("segment", {"user_id": None}) == "no_braze_id_or_external_id"
+    # Segment takes userId alone: an external_id without a braze_id is sent
+    assert resolve_identity("segment", {"user_id": "", "external_user_id": "ext-9"}) == {
+        "anonymousId": None, "userId": "ext-9"}
 
 
 def test_transform_counts_eligibility_per_partner():

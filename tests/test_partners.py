@@ -19,6 +19,13 @@ FORMATTERS = {p: PartnerFormatter(p, CONFIG) for p in PARTNERS}
 MAPPINGS = {p: read_json_resource(f"partners/{p}.json") for p in PARTNERS}
 CLICK = "users.messages.email.Click"
 DOCUMENTED = [(t, p) for t, tabs in TEMPLATES.items() for p in tabs]
+BASE = read_json_resource("partners/base.json")["partners"]
+
+
+def tab_leaves(etype, partner):
+    """The seed tab's keys, with the partner's reserved names (``renames``) applied."""
+    renames = BASE[partner].get("renames", {})
+    return {renames.get(k, k): v for k, v in leaves(TEMPLATES[etype][partner]["template"])}
 
 
 def complete_record(etype, partner, **overrides):
@@ -33,7 +40,7 @@ def complete_record(etype, partner, **overrides):
 
 
 def payload(partner, rec):
-    out, reason = FORMATTERS[partner].format(rec, resolve_identity(partner, rec))
+    out, reason = FORMATTERS[partner].format(rec)
     assert reason is None, reason
     return out
 
@@ -44,8 +51,7 @@ def test_every_documented_pair_is_covered():
 
 @pytest.mark.parametrize("etype,partner", DOCUMENTED, ids=[f"{p}:{t}" for t, p in DOCUMENTED])
 def test_golden_payload_has_exactly_the_documented_keys(etype, partner):
-    template = TEMPLATES[etype][partner]["template"]
-    documented = dict(leaves(template))
+    documented = tab_leaves(etype, partner)
     spec = MAPPINGS[partner]["events"][etype]
     expand = spec.get("expand_properties")
     seen = set()
@@ -83,8 +89,8 @@ def test_golden_payload_has_exactly_the_documented_keys(etype, partner):
 def test_each_mapped_field_is_traced_to_the_seed(etype, partner, catalogue):
     """Source = the destination's own name, or the catalogue field the seed describes."""
     fields = catalogue.get(etype).fields
-    documented = dict(leaves(TEMPLATES[etype][partner]["template"]))
-    roles = read_json_resource("partners/base.json")["partners"][partner]["roles"]
+    documented = tab_leaves(etype, partner)
+    roles = BASE[partner]["roles"]
     for entry in MAPPINGS[partner]["events"][etype]["fields"]:
         src, to = entry.get("from"), entry["to"]
         if to in roles or src is None:
@@ -163,25 +169,30 @@ def test_uninstall_on_mparticle():
     ("segment", None)])
 def test_anonymous_user_on_each_partner(partner, expected):
     rec = complete_record(CLICK, partner, anonymous=True)
-    out, reason = FORMATTERS[partner].format(rec, resolve_identity(partner, rec))
+    out, reason = FORMATTERS[partner].format(rec)
     assert reason == expected
     if partner == "amplitude":  # sent on its device id, no user id
         assert "user_id" not in out and out["device_id"] == rec["device_id"]
     if partner == "segment":
         assert out["anonymousId"] == rec["user_id"] and "userId" not in out
     no_device = {**rec, "device_id": None}
-    assert FORMATTERS["amplitude"].format(
-        no_device, resolve_identity("amplitude", no_device)) == (
-        None, "no_external_id_or_device_id")
+    assert FORMATTERS["amplitude"].format(no_device) == (None, "no_external_id_or_device_id")
 
 
-def test_fields_braze_adds_later_go_to_the_property_bag():
-    rec = complete_record(CLICK, "amplitude", machine_open="apple")
-    assert payload("amplitude", rec)["event_properties"]["machine_open"] == "apple"
-    assert payload("mixpanel", rec)["properties"]["machine_open"] == "apple"
-    assert payload("segment", rec)["properties"]["machine_open"] == "apple"
-    assert payload("mparticle", rec)["events"][0]["data"]["custom_attributes"][
-        "machine_open"] == "apple"
+def test_fields_braze_adds_later_go_to_partners_only_when_forwarded():
+    rec = complete_record(CLICK, "amplitude", machine_open="apple", push_token=None)
+    bags = {"amplitude": lambda o: o["event_properties"], "mixpanel": lambda o: o["properties"],
+            "segment": lambda o: o["properties"],
+            "mparticle": lambda o: o["events"][0]["data"]["custom_attributes"]}
+    for partner, bag in bags.items():
+        held = PartnerFormatter(partner, CONFIG)
+        out, _ = held.format(rec)
+        assert "machine_open" not in bag(out)
+        assert held.counters == {f"partners/{partner}/new_fields_held_back/machine_open": 1}
+        forwarded = PartnerFormatter(partner, CONFIG, forward_new_fields=True)
+        out, _ = forwarded.format(rec)
+        assert bag(out)["machine_open"] == "apple" and "push_token" not in bag(out)
+        assert not forwarded.counters
 
 
 def test_storage_only_and_unknown_types_are_skipped_with_a_reason():
@@ -189,9 +200,9 @@ def test_storage_only_and_unknown_types_are_skipped_with_a_reason():
               "event_type": "users.RandomBucketNumberUpdate"}
     orphan = {"id": "o", "user_id": "u", "external_user_id": "e", "event_type": "users.X"}
     for partner, fmt in FORMATTERS.items():
-        assert fmt.format(bucket, resolve_identity(partner, bucket)) == (
+        assert fmt.format(bucket) == (
             None, "storage_only_event")
-        assert fmt.format(orphan, resolve_identity(partner, orphan)) == (
+        assert fmt.format(orphan) == (
             None, "no_mapping_for_event_type")
 
 
@@ -204,7 +215,7 @@ def test_a_new_catalogue_event_formats_with_no_code_change(catalogue):
     rec = {**make_record("users.messages.sms.Send", complete=True), "event_type": new}
     for partner, mapping in mappings.items():
         fmt = PartnerFormatter(partner, CONFIG, mapping=mapping)
-        out, reason = fmt.format(rec, resolve_identity(partner, rec))
+        out, reason = fmt.format(rec)
         assert reason is None and json.dumps(out).count(rec["id"]) >= 1, partner
     assert mappings["segment"]["events"][new]["name"] == "Send"
 
@@ -212,15 +223,17 @@ def test_a_new_catalogue_event_formats_with_no_code_change(catalogue):
 def test_transform_writes_payloads_and_skips():
     known = complete_record(CLICK, "mixpanel")
     anon = complete_record(CLICK, "mixpanel", anonymous=True)
-    items = [(r, {"mixpanel": resolve_identity("mixpanel", r)}) for r in (known, anon)]
+    lines = [json.dumps(r).encode() for r in (known, anon)]
     with TestPipeline() as p:
-        out = p | beam.Create([(3, items)]) | FormatForPartner("mixpanel", CONFIG)
+        out = p | beam.Create([(3, lines)]) | FormatForPartner("mixpanel", CONFIG)
         assert_that(out.payloads | "P" >> beam.Map(lambda s: (s[0], len(s[1]))),
                     equal_to([(3, 1)]), label="payloads")
         assert_that(out.skipped | "S" >> beam.Map(lambda s: [json.loads(x) for x in s[1]]),
                     equal_to([[{"event_type": CLICK, "id": anon["id"],
                                 "reason": "no_external_id"}]]), label="skipped")
         assert_that(out.stats, equal_to([{"partners/mixpanel/written": 1,
+                                          "partners/mixpanel/eligible": 1,
+                                          "partners/mixpanel/not_eligible/no_external_id": 1,
                                           "partners/mixpanel/skipped/no_external_id": 1}]),
                     label="stats")
 

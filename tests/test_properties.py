@@ -74,19 +74,23 @@ row = st.tuples(st.sampled_from(TYPES), st.integers(0, 50), st.sampled_from([Non
 
 @settings(max_examples=8, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(rows=st.lists(row, min_size=1, max_size=25))
-def test_conservation_end_to_end(tmp_path_factory, rows):
+@given(rows=st.lists(row, min_size=1, max_size=25), strict=st.booleans())
+def test_conservation_end_to_end(tmp_path_factory, rows, strict):
+    """Every file's writer schema allows nulls: a null required field is dead letter with
+    --strict, else a valid row counted under warnings."""
     root = tmp_path_factory.mktemp("prop")
     files: dict[tuple[str, int], list] = {}
-    valid_keys, invalid_rows, copies_of_valid = set(), 0, 0
+    valid_keys, invalid_rows, copies_of_valid, warned = set(), 0, 0, 0
     for etype, seed, kind, copies, file_no, pick in rows:
         record = make_record(etype, seed=seed)
         broken = kind is not None and not (kind == "null_required" and not [
             f for f in CATALOGUE.get(etype).required if f not in ("time", "id")])
         if broken:
             corrupt(record, etype, kind, pick, avro_safe=True)
+        if broken and (strict or kind != "null_required"):
             invalid_rows += copies
         else:
+            warned += copies if broken else 0
             valid_keys.add((etype, record["id"]))
             copies_of_valid += copies
         for c in range(copies):
@@ -98,8 +102,9 @@ def test_conservation_end_to_end(tmp_path_factory, rows):
         written += recs
     out = root / "out"
     assert run(["--input", str(root / "in"), "--output", str(out), "--partners", "segment",
-                "--shards", "3"]) == 0
+                "--shards", "3", *(["--strict"] if strict else [])]) == 0
     s = json.loads((out / "summary.json").read_text())
+    assert sum(w["count"] for w in s["warnings"]) == warned
     assert s["rows_read"] == len(written) == s["valid"] + s["invalid"] + s["duplicates_dropped"]
     assert s["valid"] == len(valid_keys)
     assert s["invalid"] == invalid_rows

@@ -40,7 +40,7 @@ def test_each_dead_letter_reason(reason, etype, corrupt):
     bad = make_record(etype, seed=2, complete=True)
     corrupt(bad)
     with TestPipeline() as p:
-        out = p | beam.Create([(etype, "src.avro", 10, [good, bad], None)]) | ValidateEvents()
+        out = p | beam.Create([(etype, "src.avro", 10, [good, bad], None, None)]) | ValidateEvents()
         assert_that(out.valid | "V" >> beam.FlatMap(lambda b: [(r, i) for r, _, i, _ in b[1]]),
                     equal_to([(10, good["id"])]), label="valid")
         assert_that(out.dead_letter | "D" >> beam.Map(
@@ -53,7 +53,7 @@ def test_each_dead_letter_reason(reason, etype, corrupt):
 def test_valid_rows_keep_unknown_fields_and_gain_event_type():
     rec = make_record(CLICK, seed=3, braze_added_later={"nested": [1, 2]})
     with TestPipeline() as p:
-        out = p | beam.Create([(CLICK, "s", 0, [rec], None)]) | ValidateEvents()
+        out = p | beam.Create([(CLICK, "s", 0, [rec], None, None)]) | ValidateEvents()
         payloads = out.valid | beam.FlatMap(lambda b: [orjson.loads(x[3]) for x in b[1]])
         assert_that(payloads, equal_to([{**rec, "event_type": CLICK}]))
 
@@ -61,7 +61,7 @@ def test_valid_rows_keep_unknown_fields_and_gain_event_type():
 def test_unknown_event_types_pass_unvalidated_and_are_counted():
     rows = [{"id": "o-1", "user_id": "u", "time": "not even an int"}, {"user_id": "no id"}]
     with TestPipeline() as p:
-        out = p | beam.Create([("users.UserOrphan", "s", 0, rows, None)]) | ValidateEvents()
+        out = p | beam.Create([("users.UserOrphan", "s", 0, rows, None, None)]) | ValidateEvents()
         assert_that(out.valid | "V" >> beam.FlatMap(lambda b: [x[2] for x in b[1]]),
                     equal_to(["o-1"]), label="valid")
         assert_that(out.dead_letter | "D" >> beam.Map(lambda d: d["reason"]),
@@ -76,7 +76,7 @@ def test_problems_found_while_reading_reject_their_rows():
     problems = {0: ("event_type_mismatch", "path says A, writer schema says B"),
                 2: ("invalid_utf8", "url: bytes that are not UTF-8")}
     with TestPipeline() as p:
-        out = p | beam.Create([(CLICK, "s", 5, rows, problems)]) | ValidateEvents()
+        out = p | beam.Create([(CLICK, "s", 5, rows, problems, None)]) | ValidateEvents()
         assert_that(out.dead_letter | "D" >> beam.Map(
             lambda d: (d["row"], d["reason"], d["error"])),
             equal_to([(5 + i, *problem) for i, problem in problems.items()]), label="dead")

@@ -7,7 +7,7 @@ partner rules come from seeds 001/003/004:
 - Amplitude: ``user_id`` = external_id; anonymous users only when ``device_id`` is set.
 - Mixpanel: ``distinct_id`` = external_id; events without one are not sent.
 - mParticle: ``user_identities.customerid`` = external_id; required.
-- Segment: ``anonymousId`` = braze_id, ``userId`` = external_id when present.
+- Segment: ``anonymousId`` = braze_id, ``userId`` = external_id, either one enough.
 """
 from __future__ import annotations
 
@@ -18,8 +18,7 @@ from typing import Any, Iterator, NamedTuple, Union
 import apache_beam as beam
 
 from transforms import codec
-from transforms.gcpause import paused_gc
-from transforms.types import STATS, IdentifiedBatch, Record, ShardLines
+from transforms.types import STATS, IdentifiedBatch, Record, ShardLines, ShardLinesIn
 
 PARTNERS = ("amplitude", "mixpanel", "mparticle", "segment")
 
@@ -51,8 +50,9 @@ IDENTITY_RULES: dict[str, IdentityRule] = {
                              "no_external_id"),
     "mparticle": IdentityRule({"customerid": "external_user_id"}, ("external_user_id",),
                               "no_external_id"),
+    # Segment takes a track call with userId or anonymousId (either is enough)
     "segment": IdentityRule({"anonymousId": "user_id", "userId": "external_user_id"},
-                            ("user_id",), "no_braze_id"),
+                            ("user_id", "external_user_id"), "no_braze_id_or_external_id"),
 }
 
 
@@ -79,16 +79,15 @@ class _Resolve(beam.DoFn):
         # events, not the whole shard.
         for start in range(0, len(lines), self._chunk):
             out = []
-            with paused_gc():
-                for line in lines[start:start + self._chunk]:
-                    record = loads(line)
-                    identities = {}
-                    for partner, rule in rules:
-                        identity = identities[partner] = rule(record)
-                        if type(identity) is str:
-                            not_eligible[partner, identity] += 1
-                    out.append((record, identities))
-                yield shard, out
+            for line in lines[start:start + self._chunk]:
+                record = loads(line)
+                identities = {}
+                for partner, rule in rules:
+                    identity = identities[partner] = rule(record)
+                    if type(identity) is str:
+                        not_eligible[partner, identity] += 1
+                out.append((record, identities))
+            yield shard, out
         yield beam.pvalue.TaggedOutput(STATS, eligibility_stats(
             self._partners, len(lines), not_eligible))
 
@@ -105,7 +104,7 @@ def eligibility_stats(partners: tuple[str, ...], events: int,
     return stats
 
 
-@beam.typehints.with_input_types(ShardLines)
+@beam.typehints.with_input_types(ShardLinesIn)
 class ResolveIdentities(beam.PTransform):
     """Attach each partner's identity to each event.
 

@@ -1,31 +1,46 @@
-"""FormatForPartner: deduplicated events -> the payload a partner's ingestion API takes.
+"""Partner payloads: deduplicated events -> the payload each partner's ingestion API takes.
 
-One formatter for every partner and event type: the mapping is data
-(``schemas/partners/<partner>.json``, generated from the seed tabs), compiled per worker
-into one small function per (partner, event type), or per event type for all partners at
-once (``compile_partners``, what the pipeline uses). Each destination key
-is a constant or takes its value from a Currents field, the partner's event name, the
-identity chosen by ResolveIdentities, or a run option (token, environment). Custom event
-and purchase ``properties`` are expanded into the property bag with the documented
-prefix; fields Braze added later (not in the catalogue) go to the property bag too.
+One formatter for every partner and event type. The mapping is data
+(``schemas/partners/<partner>.json``, generated from the seed tabs; ``transforms.mapping``
+says how a type is mapped, inferred or overridden), compiled per worker into one small
+function per event type for all selected partners at once (``compile_partners``): each
+Currents field is looked up once for every payload, the identity rules
+(``identities.IDENTITY_RULES``) are written inline. Each destination key is a constant
+or takes its value from a Currents field, the partner's event name, the identity, or a
+run option (token, environment). Rules that hold for every partner, in one place here:
+
+- Braze fields win: custom event and purchase ``properties`` are expanded into the
+  property bag after every Braze field, and a property whose key is taken is kept under
+  the partner's ``on_collision`` prefix (counted as ``property_collisions``).
+- Fields Braze adds later (in the record, not in the mapping) go to the property bag only
+  with ``forward_new_fields``, never over a mapped key; otherwise they are counted per
+  field as ``new_fields_held_back``.
+- An event is skipped, with the first reason that applies: its type is not sent to the
+  partner (``storage_only_event``, ``no_mapping_for_event_type``, an override), the
+  partner's identity rule refuses it (counted as ``not_eligible`` too), or a key the
+  partner's API requires has no value (``missing_required:<key>``).
+
+``FormatForPartner`` (one partner) is a view of ``FormatForPartners`` (``fanout.py``).
+``explain_mapping`` prints the generated code of one event type; the code is registered
+with ``linecache`` so tracebacks show its lines.
 """
 from __future__ import annotations
 
 import functools
+import linecache
 import time as _time
-from collections import Counter, defaultdict
-from typing import Any, Callable, Iterator
+import zlib
+from collections import Counter
+from typing import Any, Callable, Iterable, NamedTuple
 
 import apache_beam as beam
 import orjson
 
-from schemas.catalogue import read_json_resource
 from transforms import codec
-from transforms.gcpause import paused_gc
 from transforms.identities import IDENTITY_RULES, PARTNERS
-from transforms.types import SKIPPED, STATS, IdentifiedBatch, Record, ShardLines
+from transforms.mapping import NO_MAPPING, event_spec, load_mapping  # noqa: F401
 
-NO_MAPPING = "no_mapping_for_event_type"
+SkippedEvent = tuple  # (event_type, id, reason)
 
 
 def _iso8601(seconds: int) -> str:
@@ -55,28 +70,24 @@ def _minute(minute: int) -> str:
     return _time.strftime("%Y-%m-%dT%H:%M:", _time.gmtime(minute * 60))
 
 
-# conversion name -> Python expression over the value `{v}`
+# conversion name -> Python expression over the value `{v}` (transforms.mapping.CONVERSIONS)
 _CONVERT = {"seconds_to_millis": "{v} * 1000",
             "seconds_to_iso8601": "(ISO({v}) or _iso8601({v}))",
             "not": "not {v}"}
 
 
-def load_mapping(partner: str) -> dict:
-    """The packaged mapping of one partner."""
-    return read_json_resource(f"partners/{partner}.json")
-
-
-def _mapping_code(spec: dict, bag_path: str, config: dict, name_prefix: dict,
+def _mapping_code(event_type: str, spec: dict, partner: str, mapping: dict, config: dict,
                   const: Callable[[Any], str], value_of: Callable[[str], str],
-                  identity_of: Callable[[str], str], has_extra: str,
-                  known: str) -> tuple[list[str], list[tuple[str, str, str]]]:
+                  identity_of: Callable[[str], str], has_extra: str, known: str,
+                  forward_new_fields: bool) -> tuple[list[str], list[tuple[str, str, str]]]:
     """The statements (not indented) that build one payload into ``c0``, one per
-    destination key, and its required keys as (container variable, key, path).
+    destination key, and the keys the partner's API requires as (container variable,
+    key, skip reason).
 
     ``value_of(field)``: the expression of a Currents field's value; ``identity_of(key)``:
-    of the identity's ``key`` (see ``identities.IDENTITY_RULES``); ``has_extra``: an
-    expression, true when the record has fields the mapping does not know (``known``:
-    the name of their set).
+    of the identity's ``key``; ``has_extra``: an expression, true when the record has
+    fields the mapping does not know (``known``: the name of their set). Counters go to
+    ``C`` (a Counter of summary keys).
     """
     code = ["c0 = {}"]
     containers = {"": "c0"}
@@ -94,20 +105,29 @@ def _mapping_code(spec: dict, bag_path: str, config: dict, name_prefix: dict,
         return containers[path]
 
     required = []
+    names = mapping["event_name"]
     for entry in spec["fields"]:
         parent, _, key = entry["to"].rpartition(".")
         target = f"{container(parent)}[{key!r}]"
+        if entry.get("api_required"):
+            required.append((container(parent), key, f"missing_required:{entry['to']}"))
         source = entry.get("from")
         if "const" in entry or source.startswith("@config."):
-            value = entry["const"] if "const" in entry else config[source[8:]]
+            if "const" in entry:
+                value = entry["const"]
+            elif source[8:] in config:
+                value = config[source[8:]]
+            else:
+                raise ValueError(f"{partner}: the mapping needs the option {source[8:]!r}")
             code.append(f"{target} = {const(value)}")
             continue
         if source == "@event_name":
             if spec["name"] is None:  # a custom event: its own name, prefixed
-                code.append(f"{target} = {const(name_prefix['custom_event_prefix'])}"
-                            f" + str({value_of('name')})")
+                code.append(f"v = {value_of('name')}")
+                code.append(f"if v is not None: {target} = "
+                            f"{const(names['custom_event_prefix'])} + str(v)")
             else:
-                code.append(f"{target} = {const(name_prefix['prefix'] + spec['name'])}")
+                code.append(f"{target} = {const(names['prefix'] + spec['name'])}")
             continue
         get = (identity_of(source[10:]) if source.startswith("@identity.")
                else value_of(source))
@@ -121,22 +141,31 @@ def _mapping_code(spec: dict, bag_path: str, config: dict, name_prefix: dict,
             code.append(f"{indent}v = {get}")
         value = _CONVERT[entry["convert"]].format(v=var) if "convert" in entry else var
         code.append(f"{indent}if {var} is not None: {target} = {value}")
-        if entry.get("required"):
-            required.append((container(parent), key, entry["to"]))
-    bag = container(bag_path)
+    bag = container(mapping["property_bag"])
+    held = const(f"partners/{partner}/new_fields_held_back/")
+    code += [f"if {has_extra}:",  # fields Braze added later: kept in order, or counted
+             "    for k, v in r.items():",
+             f"        if v is not None and k not in {known}:"]
+    if forward_new_fields:
+        code += [f"            if k not in {bag}: {bag}[k] = v",
+                 f"            else: C[{held} + k] += 1"]
+    else:
+        code.append(f"            C[{held} + k] += 1")
     expand = spec.get("expand_properties")
-    if expand is not None:
+    if expand is not None:  # after every Braze field: a property never replaces one
+        prefix = const(expand["prefix"])
+        again = const(mapping["on_collision"].get(event_type) or expand["prefix"]
+                      or "property ")
         code += [f"props = {value_of('properties')}",
                  "if props:",
-                 f"    for k, v in loads(props).items(): {bag}[{const(expand['prefix'])} + k] = v"]
-    code += [f"if {has_extra}:",  # fields Braze added later: kept, in order
-             "    for k, v in r.items():",
-             f"        if v is not None and k not in {known}: {bag}[k] = v"]
-    return code, [(var, key, f"missing_required:{path}") for var, key, path in required]
-
-
-def _known(spec: dict) -> frozenset:
-    return frozenset(spec["known_fields"]) | {"event_type"}
+                 "    for k, v in loads(props).items():",
+                 f"        k = {prefix} + k",
+                 f"        if k in {bag}:",
+                 f"            C[{const(f'partners/{partner}/property_collisions')}] += 1",
+                 f"            k = {again} + k",
+                 f"            while k in {bag}: k = {again} + k",
+                 f"        {bag}[k] = v"]
+    return code, required
 
 
 def _constants(consts: list) -> Callable[[Any], str]:
@@ -150,48 +179,30 @@ def _indented(lines: list[str], spaces: int) -> list[str]:
     return [" " * spaces + line for line in lines]
 
 
-def compile_plan(spec: dict, bag_path: str, config: dict,
-                 name_prefix: dict) -> Callable[[Record, dict], tuple]:
-    """Turn one (partner, event type) mapping into a function ``(record, identity) ->
-    (payload, None) | (None, reason)``.
-
-    The mapping stays data; this writes it out once per worker as straight-line Python
-    (one statement per destination key), several times faster per event than walking
-    the mapping, which matters at millions of events an hour.
-    """
-    consts: list[Any] = []
-    body, required = _mapping_code(spec, bag_path, config, name_prefix, _constants(consts),
-                                   lambda field: f"g({field!r})",
-                                   lambda key: f"ident.get({key!r})",
-                                   "not KNOWN.issuperset(r)", "KNOWN")
-    code = ["def build(r, ident):", "    g = r.get", *_indented(body, 4)]
-    code += [f"    if {key!r} not in {var}: return None, {why!r}" for var, key, why in required]
-    code.append("    return c0, None")
-    namespace = {"K": consts, "KNOWN": _known(spec), "loads": orjson.loads,
-                 "_iso8601": _iso8601, "ISO": _ISO.get}
-    exec(compile("\n".join(code), f"<mapping {name_prefix}>", "exec"), namespace)
-    return namespace["build"]
+class Builder(NamedTuple):
+    """A compiled builder and its source (``explain_mapping``)."""
+    build: Callable[[dict, Counter], None]
+    source: str
 
 
 def compile_partners(event_type: str, partners: tuple[str, ...], mappings: dict[str, dict],
-                     config: dict, outputs: list[tuple[list, list]]) -> Callable:
-    """One function for an event type and several partners, ``(record, not_eligible)``:
+                     config: dict, outputs: list[tuple[list, list]],
+                     fields: Iterable[str] = (), overrides: dict | None = None,
+                     forward_new_fields: bool = False) -> Builder:
+    """One function for an event type and several partners, ``build(record, C)``:
     appends each partner's payload (JSON bytes) to its ``outputs[n][0]``, or
     ``(event_type, id, reason)`` to ``outputs[n][1]`` when the event is not sent, and
-    counts ``not_eligible[partner, reason]`` for the identities the partner's rule
-    (``identities.IDENTITY_RULES``) refuses.
+    adds to ``C`` (summary counter keys) what it refused or changed.
 
-    The same statements as ``compile_plan``'s builders, one partner after the other, but
-    each Currents field is looked up once for all partners, the identity rules are
-    written inline, and the record's unknown fields are checked once: most fields go to
-    every partner's property bag.
+    ``fields``: the record's fields, for a type the mappings do not know (inferred);
+    ``overrides``: ``{partner: {event_type: override}}`` (``mapping.validate_overrides``).
     """
     consts: list[Any] = []
     const = _constants(consts)
-    fields: dict[str, str] = {}  # Currents field -> local variable
+    local: dict[str, str] = {}  # Currents field -> local variable
 
     def value_of(field: str) -> str:
-        return fields.setdefault(field, f"f{len(fields)}")
+        return local.setdefault(field, f"f{len(local)}")
 
     def present(field: str) -> str:  # identities._present, on the field's local
         return f"(isinstance({value_of(field)}, str) and {value_of(field)} != '')"
@@ -203,113 +214,88 @@ def compile_partners(event_type: str, partners: tuple[str, ...], mappings: dict[
     for n, partner in enumerate(partners):
         rule = IDENTITY_RULES[partner]
         namespace[f"P{n}"], namespace[f"S{n}"] = (out.append for out in outputs[n])
-        refused = (f"if not ({' or '.join(present(f) for f in rule.needs_any)}):",
-                   f"    NE[{partner!r}, {rule.reason!r}] += 1")
-        spec = mappings[partner]["events"].get(event_type)
-        if spec is None or not spec["sendable"]:
-            reason = NO_MAPPING if spec is None else spec["reason"]
-            body += [*refused, f"S{n}((ET, g('id'), {reason!r}))"]
+        override = ((overrides or {}).get(partner) or {}).get(event_type)
+        spec = event_spec(mappings[partner], event_type, fields, override)
+        body.append(f"# {partner}")
+        if not spec["sendable"]:
+            body.append(f"S{n}((ET, g('id'), {spec['reason']!r}))")
             continue
-        known = knowns.setdefault(_known(spec), f"KNOWN{len(knowns)}")
+        known_set = frozenset(spec["known_fields"]) | {"event_type"}
+        known = knowns.setdefault(known_set, f"KNOWN{len(knowns)}")
         code, required = _mapping_code(
-            spec, mappings[partner]["property_bag"], config, mappings[partner]["event_name"],
-            const, value_of,
+            event_type, spec, partner, mappings[partner], config, const, value_of,
             lambda key: f"({value_of(rule.keys[key])} if {present(rule.keys[key])} else None)",
-            f"x{known[5:]}", known)
-        body += [*refused, f"    S{n}((ET, g('id'), {rule.reason!r}))", "else:",
+            f"x{known[5:]}", known, forward_new_fields)
+        body += [f"if not ({' or '.join(present(f) for f in rule.needs_any)}):",
+                 f"    C[{const(f'partners/{partner}/not_eligible/{rule.reason}')}] += 1",
+                 f"    S{n}((ET, g('id'), {rule.reason!r}))", "else:",
                  *_indented(code, 4)]
         body += [f"    {'el' if i else ''}if {key!r} not in {var}: S{n}((ET, g('id'), {why!r}))"
                  for i, (var, key, why) in enumerate(required)]
         body.append(f"    {'else: ' if required else ''}P{n}(dumps(c0))")
-    head = ["def build(r, NE):", "    g = r.get"]
-    head += [f"    {var} = g({field!r})" for field, var in fields.items()]
-    for known, name in knowns.items():
-        namespace[name] = known
+    head = ["def build(r, C):", "    g = r.get"]
+    head += [f"    {var} = g({field!r})" for field, var in local.items()]
+    for known_set, name in knowns.items():
+        namespace[name] = known_set
         head.append(f"    x{name[5:]} = not {name}.issuperset(r)")
-    code = head + _indented(body, 4)
-    exec(_compiled("\n".join(code), f"<partners {event_type}>"), namespace)
-    return namespace["build"]
+    source = "\n".join(head + _indented(body, 4)) + "\n"
+    filename = f"<partners {event_type} {zlib.crc32(source.encode()):08x}>"
+    # tracebacks through a builder show its generated lines
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    exec(compile(source, filename, "exec"), namespace)
+    return Builder(namespace["build"], source)
 
 
-# Compiled builders by (source, name): the same mapping, event type and partners give the
-# same source, which compiles to the same code. Compiling is most of the cost of making
-# a builder (~70 event types: ~0.2 s per worker); ``warm_builders`` fills it in a process
-# that then forks the workers (pipelines.worker_template).
-_CODE: dict[tuple[str, str], Any] = {}
-
-
-def _compiled(source: str, name: str) -> Any:
-    code = _CODE.get((source, name))
-    if code is None:
-        code = _CODE[source, name] = compile(source, name, "exec")
-    return code
-
-
-def warm_builders(partners: tuple[str, ...] = PARTNERS) -> int:
-    """Compile the builders of every event type the mappings of ``partners`` know, as
-    ``compile_partners`` will ask for them (option values do not appear in the source:
-    they are constants); returns how many."""
+def explain_mapping(event_type: str, partners: Iterable[str] = PARTNERS,
+                    config: dict | None = None, overrides: dict | None = None,
+                    fields: Iterable[str] = (), forward_new_fields: bool = False) -> str:
+    """The Python the formatter compiles for ``event_type`` and ``partners`` (run options
+    are constants ``K[i]``, so no token appears). ``fields``: a record's fields, for a type
+    the mappings do not document. ``python -m pipelines.currents_to_partners
+    --explain-mapping TYPE`` prints it."""
+    partners = tuple(partners)
     mappings = {p: load_mapping(p) for p in partners}
-    config: dict = defaultdict(str)  # any run option, as a string (as they all are)
-    outputs: list[tuple[list, list]] = [([], []) for _ in partners]
-    event_types = sorted({t for m in mappings.values() for t in m["events"]})
-    for event_type in event_types:
-        compile_partners(event_type, partners, mappings, config, outputs)
-    return len(event_types)
+    config = {"mixpanel_token": "<token>", "mparticle_environment": "production",
+              **(config or {})}
+    return compile_partners(event_type, partners, mappings, config,
+                            [([], []) for _ in partners], fields, overrides,
+                            forward_new_fields).source
 
 
 class PartnerFormatter:
-    """Builds one partner's payloads for any catalogue event type."""
+    """One partner's payload for one event at a time (tests, notebooks); the pipeline
+    formats for several partners per event with ``FormatForPartners``."""
 
-    def __init__(self, partner: str, config: dict, mapping: dict | None = None):
+    def __init__(self, partner: str, config: dict, mapping: dict | None = None,
+                 overrides: dict | None = None, forward_new_fields: bool = False):
+        if partner not in PARTNERS:
+            raise ValueError(f"unknown partner {partner!r}")
         self.partner = partner
-        mapping = mapping or load_mapping(partner)
-        self._plans: dict[str, Callable | str] = {}
-        for etype, spec in mapping["events"].items():
-            self._plans[etype] = (compile_plan(spec, mapping["property_bag"], config,
-                                               mapping["event_name"])
-                                  if spec["sendable"] else spec["reason"])
+        self._args = ({partner: mapping or load_mapping(partner)}, dict(config), overrides,
+                      forward_new_fields)
+        self._out: list[tuple[list, list]] = [([], [])]
+        self._builders: dict[Any, Builder] = {}
+        self.counters: Counter = Counter()
 
-    def plan(self, event_type: str | None) -> Callable | str:
-        """The compiled builder of an event type, or why it is not sent to this partner."""
-        return self._plans.get(event_type, NO_MAPPING)
-
-    def format(self, record: Record, identity: Any) -> tuple[dict | None, str | None]:
+    def format(self, record: dict) -> tuple[dict | None, str | None]:
         """(payload, None), or (None, reason) when the event is not sent to this partner."""
-        plan = self.plan(record.get("event_type"))
-        if isinstance(plan, str):
-            return None, plan
-        if isinstance(identity, str):
-            return None, identity
-        return plan(record, identity)
+        event_type = record.get("event_type")
+        mappings, config, overrides, forward = self._args
+        key = (event_type, tuple(record)) if event_type not in mappings[self.partner][
+            "events"] else event_type
+        builder = self._builders.get(key)
+        if builder is None:
+            builder = self._builders[key] = compile_partners(
+                event_type, (self.partner,), mappings, config, self._out, record, overrides,
+                forward)
+        payloads, skipped = self._out[0]
+        builder.build(record, self.counters)
+        if payloads:
+            return orjson.loads(payloads.pop()), None
+        return None, skipped.pop()[2]
 
 
-class _Format(beam.DoFn):
-    def __init__(self, partner: str, config: dict):
-        self._partner, self._config = partner, config
-
-    def setup(self):
-        self._formatter = PartnerFormatter(self._partner, self._config)
-
-    def process(self, element: tuple[int, list]) -> Iterator[Any]:
-        shard, items = element
-        partner, dumps, format_ = self._partner, orjson.dumps, self._formatter.format
-        lines, skipped = [], []
-        with paused_gc():
-            for record, identities in items:
-                payload, reason = format_(record, identities[partner])
-                if payload is not None:
-                    lines.append(dumps(payload))
-                else:
-                    skipped.append((record.get("event_type"), record.get("id"), reason))
-            yield shard, lines
-        if skipped:
-            yield beam.pvalue.TaggedOutput(SKIPPED, (shard, skipped_lines(skipped)))
-        yield beam.pvalue.TaggedOutput(STATS, delivery_stats(
-            partner, len(lines), Counter(reason for _, _, reason in skipped)))
-
-
-def skipped_lines(skipped: list[tuple[str, str, str]]) -> list[bytes]:
+def skipped_lines(skipped: list[SkippedEvent]) -> list[bytes]:
     """``(event_type, id, reason)`` of events not sent -> the ``_skipped`` JSON lines."""
     return [codec.dumps({"event_type": t, "id": i, "reason": r}) for t, i, r in skipped]
 
@@ -322,25 +308,29 @@ def delivery_stats(partner: str, written: int, skipped: Counter) -> dict[str, in
     return stats
 
 
-@beam.typehints.with_input_types(IdentifiedBatch)
-class FormatForPartner(beam.PTransform):
-    """Format events for one partner.
+class PartnerOutputs(NamedTuple):
+    payloads: beam.PCollection
+    skipped: beam.PCollection
+    stats: beam.PCollection
 
-    Input: ``(shard, [(event dict, {partner: identity | reason})])`` (ResolveIdentities).
-    Output (main, ``payloads``): ShardLines of the partner's JSON payloads, one element per
-    input element (so a shard may come in several consecutive elements); tagged
-    ``skipped``: ShardLines of ``{event_type, id, reason}``; tagged ``stats``:
-    ``partners/<p>/written`` and ``partners/<p>/skipped/<reason>``.
-    ``config``: ``mixpanel_token`` (Mixpanel), ``mparticle_environment`` (mParticle).
+
+class FormatForPartner(beam.PTransform):
+    """Format events for one partner: a view of ``FormatForPartners`` with one partner.
+
+    Input: ShardLines ``(shard, [canonical_json, ...])`` (DeduplicateEvents' output).
+    Output: ``PartnerOutputs(payloads, skipped, stats)``: ShardLines of the partner's JSON
+    payloads; ShardLines of ``{event_type, id, reason}``; counters. ``config`` as for
+    ``FormatForPartners`` (checked here, when the pipeline is built).
     """
 
-    def __init__(self, partner: str, config: dict | None = None):
+    def __init__(self, partner: str, config: dict | None = None, **options: Any):
         super().__init__()
-        if partner not in PARTNERS:
-            raise ValueError(f"unknown partner {partner!r}")
-        self._partner, self._config = partner, dict(config or {})
+        from transforms.fanout import FormatForPartners
+        self._partner = partner
+        self._all = FormatForPartners((partner,), config, **options)
 
-    def expand(self, identified):
-        return identified | f"Format[{self._partner}]" >> beam.ParDo(
-            _Format(self._partner, self._config)).with_output_types(ShardLines).with_outputs(
-            SKIPPED, STATS, main="payloads")
+    def expand(self, events):
+        from transforms.fanout import skipped_tag
+        from transforms.types import STATS
+        out = events | f"Format[{self._partner}]" >> self._all
+        return PartnerOutputs(out[self._partner], out[skipped_tag(self._partner)], out[STATS])

@@ -1,6 +1,6 @@
 """ReadCurrentsExport: every ``.avro`` under a prefix -> batches of raw Currents rows.
 
-Files are matched recursively through Beam's ``FileSystems`` (local paths and gs:// alike)
+Files are matched recursively through Beam's ``FileSystems`` (local, gs://, s3://, azfs://)
 and decoded with each file's own writer schema, so files written with different schema
 ids read side by side: by polars into a frame when asked and the schema allows (decoding
 was most of the CPU a row cost), else, and always for a file polars refuses, by fastavro.
@@ -18,6 +18,7 @@ import fastavro
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.checks import non_empty_str, positive_int
 from transforms.types import FILE_REPORTS, FileReport, RowBatch
 
 # Rows per element: Beam pays per element, and a worker holds about one batch of
@@ -47,7 +48,8 @@ def event_type_from_path(path: str) -> str | None:
 
 
 def event_type_from_schema(schema: Any) -> str | None:
-    """``dataexport.S3.inner.users.messages.email.Click`` -> ``users.messages.email.Click``."""
+    """``dataexport.S3.inner.users.messages.email.Click`` -> ``users.messages.email.Click``
+    (and ``dataexport.S3.inner.agentconsole.AgentExecuted`` -> ``agentconsole.AgentExecuted``)."""
     if not isinstance(schema, dict):
         return None
     name, namespace = schema.get("name") or "", schema.get("namespace") or ""
@@ -55,7 +57,52 @@ def event_type_from_schema(schema: Any) -> str | None:
     if full.startswith("users."):
         return full
     idx = full.find(".users.")
-    return full[idx + 1:] if idx >= 0 else None
+    if idx >= 0:
+        return full[idx + 1:]
+    idx = full.find(".inner.")
+    return full[idx + 7:] or None if idx >= 0 else None
+
+
+def _nullable(t: Any) -> bool:
+    return isinstance(t, list) and "null" in t
+
+
+def _branch(t: Any) -> Any:
+    """The non-null type of a field (``["null", T]`` -> ``T``)."""
+    if isinstance(t, list):
+        kinds = [k for k in t if k != "null"]
+        return kinds[0] if len(kinds) == 1 else None
+    return t
+
+
+def writer_facts(schema: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(fields the writer schema declares ``float``, fields whose nulls it allows).
+
+    Avro ``float`` is 32-bit: its values are written as the shortest decimal that reads
+    back as the same 32-bit float (9.99, not 9.989999771118164). Allowed nulls name the
+    field, or ``field[]`` for an array whose items may be null (Braze's ``media_urls``):
+    validation does not dead-letter a null the file's own schema allows.
+    """
+    floats, nulls = [], []
+    for field in (schema.get("fields", []) if isinstance(schema, dict) else []):
+        t, name = field.get("type"), field.get("name")
+        if _nullable(t):
+            nulls.append(name)
+        base = _branch(t)
+        if base == "float" or (isinstance(base, dict) and base.get("type") == "float"):
+            floats.append(name)
+        if isinstance(base, dict) and base.get("type") == "array" and _nullable(
+                base.get("items")):
+            nulls.append(f"{name}[]")
+    return tuple(floats), tuple(sorted(nulls))
+
+
+def float32_shortest(values: list) -> list:
+    """32-bit floats read as doubles -> the shortest decimal that reads back as the same
+    32-bit float (9.99, 0.1), as doubles; None stays None. The same conversion as the
+    frame reader's (polars formats a 32-bit float as its shortest decimal)."""
+    import polars as pl
+    return pl.Series(values, dtype=pl.Float32).cast(pl.String).cast(pl.Float64).to_list()
 
 
 # Avro types polars decodes to exactly the values fastavro gives (float widened to double)
@@ -98,7 +145,10 @@ def read_frame(data: bytes) -> Any:
     except Exception:
         return None
     floats = [name for name, dtype in frame.schema.items() if dtype == pl.Float32]
-    return frame.with_columns(pl.col(floats).cast(pl.Float64)) if floats else frame
+    # as float32_shortest: the value Braze wrote (9.99), not the 32-bit float's binary
+    # expansion (9.98999977...)
+    return frame.with_columns(pl.col(floats).cast(pl.String).cast(pl.Float64)) \
+        if floats else frame
 
 
 def largest_first(pattern: str) -> list[str]:
@@ -145,6 +195,7 @@ class _ReadAvroFile(beam.DoFn):
         from_schema = event_type_from_schema(reader.writer_schema)
         event_type = from_path or from_schema or "unknown"
         report["event_type"] = event_type
+        floats, nulls = writer_facts(reader.writer_schema)
         mismatch = None
         if from_path and from_schema and from_path != from_schema:
             mismatch = ("event_type_mismatch",
@@ -156,7 +207,8 @@ class _ReadAvroFile(beam.DoFn):
             if frame is not None and frame.height:
                 report["rows"] = frame.height
                 for first in range(0, frame.height, self._batch_size):
-                    yield (event_type, path, first, frame.slice(first, self._batch_size), None)
+                    yield RowBatch(event_type, path, first,
+                                   frame.slice(first, self._batch_size), None, nulls)
                 return
             fo.seek(0)  # the same stream as always: fastavro's errors depend on it
             reader = fastavro.block_reader(fo)
@@ -180,22 +232,26 @@ class _ReadAvroFile(beam.DoFn):
                 for i, fields in bad.items():
                     problems[len(batch) + i] = (
                         "invalid_utf8", f"{', '.join(fields)}: bytes that are not UTF-8")
+            for name in floats:
+                for record, value in zip(records, float32_shortest(
+                        [record.get(name) for record in records])):
+                    record[name] = value
             batch += records
             report["rows"] += len(records)
             if len(batch) >= self._batch_size:
-                yield self._batch(event_type, path, first, batch, problems, mismatch)
+                yield self._batch(event_type, path, first, batch, problems, mismatch, nulls)
                 first += len(batch)
                 batch, problems = [], {}
         if batch:
-            yield self._batch(event_type, path, first, batch, problems, mismatch)
+            yield self._batch(event_type, path, first, batch, problems, mismatch, nulls)
         if report["rows"] == 0 and not report["reason"]:
             report["reason"], report["error"] = "no_rows", "Avro header but no data blocks"
 
     @staticmethod
-    def _batch(event_type, path, first, batch, problems, mismatch) -> RowBatch:
+    def _batch(event_type, path, first, batch, problems, mismatch, nulls) -> RowBatch:
         if mismatch:
             problems = {i: mismatch for i in range(len(batch))}
-        return (event_type, path, first, batch, problems or None)
+        return RowBatch(event_type, path, first, batch, problems or None, nulls)
 
 
 def _strings_as_bytes(schema: Any) -> Any:
@@ -263,9 +319,11 @@ def _classify(exc: Exception) -> str:
 class ReadCurrentsExport(beam.PTransform):
     """Read a Currents export.
 
-    Input: the pipeline root. ``path`` is a folder or prefix (local or gs://), a single
+    Input: the pipeline root. ``path`` is a folder or prefix (any FileSystems path), a single
     ``.avro`` file, or a glob.
-    Output (main): RowBatch = ``(event_type, source, first_row, rows, problems)``; tagged
+    Output (main): RowBatch = ``(event_type, source, first_row, rows, problems,
+    allowed_nulls)`` (``writer_facts``: the fields whose nulls the file's writer schema
+    allows); 32-bit floats as the shortest decimal that reads back the same; tagged
     ``files``: one FileReport per file (rows read, or why the file could not be read).
     ``as_frames``: ``rows`` is a polars DataFrame (same values, ~4x faster to decode)
     for files whose schema polars reads exactly (see ``frame_readable``), a list of dicts
@@ -274,8 +332,8 @@ class ReadCurrentsExport(beam.PTransform):
 
     def __init__(self, path: str, batch_size: int = BATCH_SIZE, as_frames: bool = False):
         super().__init__()
-        self._pattern = export_pattern(path)
-        self._batch_size = batch_size
+        self._pattern = export_pattern(non_empty_str("path", path))
+        self._batch_size = positive_int("batch_size", batch_size)
         self._as_frames = as_frames
 
     def expand(self, pbegin):

@@ -12,11 +12,12 @@ import zlib
 from typing import Any, Callable, Iterable, Iterator
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import codec
-from transforms.types import ShardLines
+from transforms.checks import non_empty_str, positive_int
+from transforms.types import ShardLines, ShardLinesIn
 
 SUMMARY = "summary.json"
 TEMPORARY = "_temporary"
@@ -27,7 +28,7 @@ def shard_name(shard: int, num_shards: int) -> str:
 
 
 def create_ndjson(path: str) -> Any:
-    """A new NDJSON file (local or gs://), written as is."""
+    """A new NDJSON file (any FileSystems path), written as is."""
     return FileSystems.create(path, mime_type="application/x-ndjson",
                               compression_type=CompressionTypes.UNCOMPRESSED)
 
@@ -84,7 +85,7 @@ class _WriteShard(beam.DoFn):
         self._shard, self._file = None, None
 
 
-@beam.typehints.with_input_types(ShardLines)
+@beam.typehints.with_input_types(ShardLinesIn)
 class WriteShards(beam.PTransform):
     """ShardLines -> one file per shard under ``<temp_dir>/<folder>/``; outputs relative paths.
 
@@ -93,7 +94,8 @@ class WriteShards(beam.PTransform):
 
     def __init__(self, temp_dir: str, folder: str, num_shards: int):
         super().__init__()
-        self._args = (temp_dir, folder, num_shards)
+        self._args = (non_empty_str("temp_dir", temp_dir), non_empty_str("folder", folder),
+                      positive_int("num_shards", num_shards))
 
     def expand(self, shard_lines):
         return shard_lines | "Write" >> beam.ParDo(_WriteShard(*self._args))
@@ -115,7 +117,7 @@ class ShardRecords(beam.PTransform):
 
         def to_lines(element: tuple[int, Iterable[Any]]) -> ShardLines:
             shard, items = element
-            return shard, [codec.dumps(r) for r in sorted(items, key=sort_key)]
+            return ShardLines(shard, [codec.dumps(r) for r in sorted(items, key=sort_key)])
 
         return (
             records
@@ -135,7 +137,7 @@ class _Commit(beam.DoFn):
         summary = self._make_summary(stats)
         out = self._output
         final_summary = FileSystems.join(out, SUMMARY)
-        if FileSystems.exists(final_summary):  # no longer complete from here on
+        if _exists(final_summary):  # no longer complete from here on
             FileSystems.delete([final_summary])
         for folder in self._folders:  # outputs of an earlier run into the same place
             old = FileSystems.match([FileSystems.join(out, folder, "part-*")])[0].metadata_list
@@ -148,6 +150,16 @@ class _Commit(beam.DoFn):
         write_bytes(final_summary, summary_bytes(summary))
         _remove_temporary(self._temp_dir, FileSystems.join(out, TEMPORARY))
         yield summary
+
+
+def _exists(path: str) -> bool:
+    """``FileSystems.exists``, which Beam's Azure filesystem (2.77) makes raise for a
+    blob that does not exist (so does ``match`` of a path without wildcards): then the
+    answer comes from a listing."""
+    try:
+        return FileSystems.exists(path)
+    except BeamIOError:
+        return any(m.path == path for m in FileSystems.match([path + "*"])[0].metadata_list)
 
 
 def _remove_temporary(temp_dir: str, parent: str) -> None:

@@ -3,13 +3,16 @@
 Each step emits flat counters (``{"valid": 3, "by_event_type/<type>": 2}``) as data, so
 the summary is right on every runner (Beam metrics are best-effort on some). The
 summary proves conservation: ``rows_read == valid + invalid + duplicates_dropped``.
+``StatsToMetrics`` also adds each of them to a Beam ``Metrics`` counter of the same name
+(namespace ``currents``), so a runner's console (Dataflow's) shows them during the run.
 """
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
 
 from transforms.types import FileReport, Stats
 
@@ -34,6 +37,47 @@ class MergeStats(beam.CombineFn):
         return dict(acc)
 
 
+METRICS_NAMESPACE = "currents"
+# Reasons whose totals summary.json shows too: (prefix, total's counter name); the
+# partner's name is the second part of "partners/<partner>/skipped/<reason>"
+_TOTALS = {"file_errors": "files_with_errors"}
+_PARTNER_TOTALS = ("skipped", "not_eligible")
+
+
+def metric_increments(stats: Stats) -> Iterator[tuple[str, int]]:
+    """(counter name, increment) for one stats dict: each key as it is, plus the totals
+    that summary.json shows (``files_with_errors``, ``partners/<p>/skipped``,
+    ``partners/<p>/not_eligible``)."""
+    for key, n in stats.items():
+        if not n:
+            continue
+        yield key, n
+        parts = key.split("/", 3)
+        if parts[0] in _TOTALS:
+            yield _TOTALS[parts[0]], n
+        elif parts[0] == "partners" and len(parts) == 4 and parts[2] in _PARTNER_TOTALS:
+            yield f"partners/{parts[1]}/{parts[2]}", n
+
+
+class _CountInMetrics(beam.DoFn):
+    def process(self, stats: Stats) -> Iterator[Stats]:
+        for name, n in metric_increments(stats):
+            Metrics.counter(METRICS_NAMESPACE, name).inc(n)
+        yield stats
+
+
+@beam.typehints.with_input_types(Stats)
+@beam.typehints.with_output_types(Stats)
+class StatsToMetrics(beam.PTransform):
+    """Stats dicts (any step's ``stats`` output) -> the same dicts, each count also added
+    to the Beam counter of its name in namespace ``currents`` (plus the totals
+    summary.json shows). Counters are what a runner's UI shows while the job runs; the
+    summary stays the exact record (a runner may count a retried bundle twice)."""
+
+    def expand(self, stats):
+        return stats | "CountInMetrics" >> beam.ParDo(_CountInMetrics())
+
+
 def file_stats(report: FileReport) -> Stats:
     stats = {"files_read": 1}
     if report["reason"]:
@@ -45,7 +89,8 @@ def _group(stats: dict, prefix: str) -> dict[str, int]:
     return {k[len(prefix):]: v for k, v in sorted(stats.items()) if k.startswith(prefix)}
 
 
-def build_summary(stats: dict, partners: Iterable[str] = (), **extra: Any) -> dict:
+def build_summary(stats: dict, partners: Iterable[str] = (), deliver: Iterable[str] = (),
+                  dry_run: bool = False, **extra: Any) -> dict:
     """The summary.json document from merged counters."""
     rows_read = stats.get("rows_read", 0)
     valid, invalid = stats.get("valid", 0), stats.get("invalid", 0)
@@ -63,6 +108,9 @@ def build_summary(stats: dict, partners: Iterable[str] = (), **extra: Any) -> di
         "files": {"read": stats.get("files_read", 0),
                   "with_errors": sum(_group(stats, "file_errors/").values()),
                   "error_reasons": _group(stats, "file_errors/")},
+        "warnings": [{"event_type": key.rsplit("/", 1)[0], "field": key.rsplit("/", 1)[1],
+                      "reason": "null_allowed_by_writer_schema", "count": n}
+                     for key, n in _group(stats, "warnings/").items()],
         "partners": {},
     }
     for partner in partners:
@@ -75,7 +123,14 @@ def build_summary(stats: dict, partners: Iterable[str] = (), **extra: Any) -> di
             "written": stats.get(f"partners/{partner}/written", 0),
             "skipped": sum(skipped.values()),
             "skipped_reasons": skipped,
+            "property_collisions": stats.get(f"partners/{partner}/property_collisions", 0),
+            "new_fields_held_back": _group(stats, f"partners/{partner}/new_fields_held_back/"),
         }
+    if deliver:
+        summary["delivery"] = {p: delivery_summary(stats, p, dry_run) for p in deliver}
+        for p, d in summary["delivery"].items():
+            d["accounted"] = (d["delivered"] + d["failed"]
+                              == summary["partners"].get(p, {}).get("written"))
     if any(k.startswith("parquet/") for k in stats):
         summary["parquet"] = {"files": stats.get("parquet/files", 0),
                               "rows_written": stats.get("parquet/rows_written", 0)}
@@ -84,6 +139,19 @@ def build_summary(stats: dict, partners: Iterable[str] = (), **extra: Any) -> di
                                for key in ("tables", "rows_written", "rows_rejected")}
     summary.update(extra)
     return summary
+
+
+def delivery_summary(stats: dict, partner: str, dry_run: bool = False) -> dict:
+    """``delivery.<partner>``: delivered + failed = payloads written for it (checked by
+    the caller, as ``accounted``). In a dry run "delivered" counts what would be sent."""
+    failed = _group(stats, f"delivery/{partner}/failed/")
+    d = {"delivered": stats.get(f"delivery/{partner}/delivered", 0),
+         "failed": sum(failed.values()), "failed_reasons": failed}
+    for key in ("requests", "retried_requests", "bytes_sent"):
+        d[key] = stats.get(f"delivery/{partner}/{key}", 0)
+    if dry_run:
+        d["dry_run"] = True
+    return d
 
 
 def render_table(summary: dict) -> str:
@@ -105,10 +173,25 @@ def render_table(summary: dict) -> str:
         rows.append((f"  dead letter: {reason}", n))
     for etype, n in summary["unknown_event_types"].items():
         rows.append((f"  unknown type: {etype}", n))
+    for warning in summary.get("warnings", []):
+        rows.append((f"  warning: null {warning['event_type'].split('.', 1)[-1]}."
+                     f"{warning['field']}", warning["count"]))
     for partner, p in summary["partners"].items():
         rows.append((f"{partner}: written / skipped", f"{p['written']} / {p['skipped']}"))
         for reason, n in p["skipped_reasons"].items():
             rows.append((f"  {partner} skipped: {reason}", n))
+        if p.get("property_collisions"):
+            rows.append((f"  {partner} property collisions", p["property_collisions"]))
+        for field, n in p.get("new_fields_held_back", {}).items():
+            rows.append((f"  {partner} held back: {field}", n))
+    for partner, d in summary.get("delivery", {}).items():
+        rows.append((f"{partner}: delivered / failed" + (" (dry run)" if d.get("dry_run")
+                                                         else ""),
+                     f"{d['delivered']} / {d['failed']}"))
+        rows.append((f"  {partner} requests (retried)",
+                     f"{d['requests']} ({d['retried_requests']})"))
+        for reason, n in d["failed_reasons"].items():
+            rows.append((f"  {partner} failed: {reason}", n))
     if "parquet" in summary:
         rows.append(("parquet: files / rows", f"{summary['parquet']['files']} / "
                                                f"{summary['parquet']['rows_written']}"))

@@ -20,7 +20,8 @@ from schemas.catalogue import Catalogue, EventTypeSpec, load_catalogue, read_jso
 
 BASE_TIME = 1_795_507_200  # 2026-11-24T08:00:00Z, the hour of the default export folder
 CLUSTER, CONNECTOR, INTEGRATION = "prod-01", "GCS", "5f1d8a2b3c4d5e6f7a8b9c0d"
-_AVRO_TYPES = {"string": "string", "int": "int", "long": "long", "float": "double",
+# As Braze writes them: its decimal fields (price, latitude, ...) are Avro float, 32-bit
+_AVRO_TYPES = {"string": "string", "int": "int", "long": "long", "float": "float",
                "boolean": "boolean", "array<string>": {"type": "array", "items": "string"}}
 
 
@@ -94,19 +95,23 @@ def make_record(event_type: str, seed: int | str = 0, *, anonymous: bool = False
 
 def avro_schema(event_type: str, spec: EventTypeSpec | None = None,
                 extra_fields: Mapping[str, Any] | None = None,
-                connector: str = CONNECTOR, nullable: Iterable[str] = ()) -> dict[str, Any]:
+                connector: str = CONNECTOR, nullable: Iterable[str] = (),
+                nullable_items: Iterable[str] = ()) -> dict[str, Any]:
     """The writer schema Currents would use: required fields plain, optional ones nullable.
 
     ``extra_fields`` ({name: avro type}) are added as optional fields: a newer schema, or
     the whole schema of an event type the catalogue does not know. ``nullable`` makes
-    required fields nullable too (how a row with a null required field gets written).
+    required fields nullable too (how a row with a null required field gets written);
+    ``nullable_items``: array fields whose items may be null (Braze's ``media_urls``).
     """
-    nullable = set(nullable)
+    nullable, nullable_items = set(nullable), set(nullable_items)
     spec = spec or load_catalogue().get(event_type)
     namespace, _, name = f"dataexport.{connector}.inner.{event_type}".rpartition(".")
     fields = []
     for fname, field in (spec.fields.items() if spec else ()):
         kind = _AVRO_TYPES[field.type]
+        if fname in nullable_items:
+            kind = {"type": "array", "items": ["null", "string"]}
         fields.append({"name": fname, "type": kind} if field.required and fname not in nullable
                       else {"name": fname, "type": ["null", kind], "default": None})
     for fname, kind in (extra_fields or {}).items():
@@ -140,7 +145,7 @@ def write_export(root: str | Path, files: Mapping[str, list[dict]] | Iterable[di
 
     ``files`` is either ``{event_type: rows}`` (one file per type) or a list of dicts
     ``{"event_type", "rows", "hour"?, "schema_id"?, "offset"?, "extra_fields"?,
-    "nullable"?}`` (see ``avro_schema``).
+    "nullable"?, "nullable_items"?}`` (see ``avro_schema``).
     """
     if isinstance(files, Mapping):
         files = [{"event_type": t, "rows": rows} for t, rows in files.items()]
@@ -148,7 +153,8 @@ def write_export(root: str | Path, files: Mapping[str, list[dict]] | Iterable[di
     for f in files:
         etype = f["event_type"]
         schema = avro_schema(etype, catalogue.get(etype), f.get("extra_fields"),
-                             nullable=f.get("nullable", ()))
+                             nullable=f.get("nullable", ()),
+                             nullable_items=f.get("nullable_items", ()))
         path = export_path(root, etype, f.get("hour", "2026-11-24-08"), f.get("schema_id", 1),
                            offset=f.get("offset", 0))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,11 +186,12 @@ def documented_keys(partner: str, event_type: str) -> tuple[set[str], set[str]]:
     Raises ``KeyError`` when the seeds have no such tab.
     """
     tab = read_json_resource("partner_templates.json")["event_types"][event_type][partner]
+    renames = read_json_resource("partners/base.json")["partners"][partner].get("renames", {})
     required = set()
     for entry in read_json_resource(f"partners/{partner}.json")["events"][event_type]["fields"]:
         if entry.get("required"):
             required.add(entry["to"])
-    return set(payload_paths(tab["template"])), required
+    return {renames.get(k, k) for k in payload_paths(tab["template"])}, required
 
 
 def payload_problems(partner: str, event_type: str, payload: dict,

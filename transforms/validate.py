@@ -5,6 +5,11 @@ type: required fields present and non-null, every documented field of its docume
 type, ``time`` a plausible epoch in seconds, ``properties`` a JSON-object string. Fields
 Braze adds later are kept; event types not in the catalogue pass unvalidated (they only
 need an ``id`` to be deduplicated) and are counted as unknown.
+
+Where Braze's writer schema is looser than its docs (a field the docs call required is
+``["null", T]`` in the file, or an array's items may be null), a null the file's own
+schema allows is valid and counted under ``warnings/<type>/<field>`` instead (``id`` and
+``time`` stay required); ``strict=True`` dead-letters it as the docs say.
 """
 from __future__ import annotations
 
@@ -13,14 +18,13 @@ from itertools import compress, repeat
 from typing import Any, Iterator
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 from pydantic import ValidationError
 
 from schemas.catalogue import (MAX_EPOCH_SECONDS, MIN_EPOCH_SECONDS, Catalogue, EventTypeSpec,
-                               event_model, load_catalogue)
+                               event_model, load_catalogue, relaxed_spec)
 from transforms import codec
-from transforms.gcpause import paused_gc
-from transforms.types import DEAD_LETTER, STATS, DeadLetter, Record, RowBatch, ValidBatch
+from transforms.types import (DEAD_LETTER, STATS, DeadLetter, Record, RowBatch, RowBatchIn,
+                              ValidBatch)
 
 # Braze's partner connectors drop events whose payload is over 900 KB.
 MAX_PAYLOAD_BYTES = 900 * 1024
@@ -84,7 +88,7 @@ def _is_json_object(text: str) -> bool:
         return False
 
 
-def compile_fast_check(spec: EventTypeSpec):
+def compile_fast_check(spec: EventTypeSpec, nullable_items: Any = ()):
     """``record -> bool``: True only for rows the pydantic model accepts.
 
     Most rows are valid; pydantic costs ~8 us a row, this straight-line check ~2.5 us.
@@ -94,6 +98,8 @@ def compile_fast_check(spec: EventTypeSpec):
     code = ["def ok(r):", "    g = r.get"]
     for name, field in spec.fields.items():
         test = _ACCEPTS[field.type]
+        if f"{name}[]" in nullable_items and field.type == "array<string>":
+            test = "(type(v) is list and all(type(x) is str or x is None for x in v))"
         if name == "time" and field.type in ("int", "long"):
             test = f"type(v) is int and {MIN_EPOCH_SECONDS} <= v < {MAX_EPOCH_SECONDS}"
         elif name == "id" and field.type == "string":
@@ -156,100 +162,124 @@ def compile_frame_check(spec: EventTypeSpec, schema: dict) -> tuple[Any, list[st
 class _Validator:
     """Validates rows against the catalogue; built once per worker (in ``setup``)."""
 
-    def __init__(self, catalogue: Catalogue):
+    def __init__(self, catalogue: Catalogue, strict: bool = False):
         self._catalogue = catalogue
-        self._models: dict[str, Any] = {}
-        self._fast: dict[str, Any] = {}
-        self._required: dict[str, set[str]] = {}
+        self._strict = strict
+        self._models: dict[Any, Any] = {}
+        self._fast: dict[Any, Any] = {}
+        self._required: dict[Any, set[str]] = {}
+        self._specs: dict[Any, Any] = {}
 
-    def fast_check(self, event_type: str):
-        """The compiled accept-check of a catalogue type (None for unknown types)."""
-        fast = self._fast.get(event_type)
-        if fast is None:
+    def spec(self, event_type: str, allowed_nulls: Any = None):
+        """(the catalogue spec as this file's writer schema relaxes it, the relaxed
+        fields); (None, ()) for unknown types."""
+        key = (event_type, allowed_nulls)
+        found = self._specs.get(key)
+        if found is None:
             spec = self._catalogue.get(event_type)
+            found = self._specs[key] = ((None, frozenset()) if spec is None else
+                                        (spec, frozenset()) if self._strict else
+                                        relaxed_spec(spec, allowed_nulls))
+        return found
+
+    def fast_check(self, event_type: str, allowed_nulls: Any = None):
+        """The compiled accept-check of a catalogue type (None for unknown types)."""
+        key = (event_type, allowed_nulls)
+        fast = self._fast.get(key)
+        if fast is None:
+            spec, relaxed = self.spec(event_type, allowed_nulls)
             if spec is None:
                 return None
-            fast = self._fast[event_type] = compile_fast_check(spec)
+            fast = self._fast[key] = compile_fast_check(spec, relaxed)
         return fast
 
-    def check(self, event_type: str, record: Record) -> tuple[str, str] | None:
+    def check(self, event_type: str, record: Record,
+              allowed_nulls: Any = None) -> tuple[str, str] | None:
         """None if valid, else (reason, message)."""
-        spec = self._catalogue.get(event_type)
+        spec, relaxed = self.spec(event_type, allowed_nulls)
         if spec is None:
             if not isinstance(record.get("id"), str):
                 return "missing_required_field", "id: an event needs a string id"
             if not record["id"]:
                 return "empty_id", "id: an event id cannot be empty"
             return None
-        if self.fast_check(event_type)(record):
+        key = (event_type, allowed_nulls)
+        if self.fast_check(event_type, allowed_nulls)(record):
             return None
-        model = self._models.get(event_type)
+        model = self._models.get(key)
         if model is None:
-            model = self._models[event_type] = event_model(event_type, spec)
-            self._required[event_type] = set(spec.required)
+            model = self._models[key] = event_model(event_type, spec, relaxed)
+            self._required[key] = set(spec.required)
         try:
             model.model_validate(record)
         except ValidationError as exc:
             errors = exc.errors(include_url=False, include_context=False)
-            return reason_for(errors, record, self._required[event_type]), describe(errors)
+            return reason_for(errors, record, self._required[key]), describe(errors)
         return None
+
+    def warned(self, event_type: str, allowed_nulls: Any = None) -> tuple[str, ...]:
+        """Required fields (per the docs) whose nulls this file's schema makes valid."""
+        return tuple(sorted(n for n in self.spec(event_type, allowed_nulls)[1]
+                            if not n.endswith("[]")))
 
 
 class _ValidateBatch(beam.DoFn):
-    def __init__(self, catalogue: Catalogue | None):
+    def __init__(self, catalogue: Catalogue | None, strict: bool = False):
         self._catalogue = catalogue
-        self._invalid = Metrics.counter("currents", "invalid_rows")
-        self._rows = Metrics.counter("currents", "rows_read")
+        self._strict = strict
 
     def setup(self):
-        self._validator = _Validator(self._catalogue or load_catalogue())
+        self._validator = _Validator(self._catalogue or load_catalogue(), self._strict)
         self._frame_checks: dict[tuple, Any] = {}
 
     def process(self, batch: RowBatch) -> Iterator[Any]:
-        event_type, source, first_row, rows, problems = batch
+        event_type, source, first_row, rows, problems, nulls = batch
         problems = problems or {}
         validator = self._validator
         known = event_type in validator._catalogue
         dumps, limit = codec.dumps, MAX_PAYLOAD_BYTES
         stats: Counter = Counter(rows_read=len(rows))
-        with paused_gc():
-            if isinstance(rows, list):
-                valid, by_row = [], enumerate(rows)
-            else:  # a polars frame (ReadCurrentsExport(as_frames=True))
-                valid, by_row = self._frame(event_type, first_row, rows)
-            for offset, record in by_row:
-                verdict = problems.get(offset) or validator.check(event_type, record)
-                if verdict is None:
-                    payload = dumps({**record, "event_type": event_type})
-                    if len(payload) <= limit:
-                        valid.append((first_row + offset, event_type, record["id"], payload))
-                        continue
-                    verdict = ("payload_too_large",
-                               f"payload is {len(payload)} bytes, over {limit}")
-                reason, message = verdict
-                stats[f"dead_letter_reasons/{reason}"] += 1
-                stats["invalid"] += 1
-                dead: DeadLetter = {"reason": reason, "event_type": event_type,
-                                    "source": source, "row": first_row + offset,
-                                    "error": message, "record": record}
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead)
+        warned = validator.warned(event_type, nulls)
+        if isinstance(rows, list):
+            valid, by_row = [], enumerate(rows)
+        else:  # a polars frame (ReadCurrentsExport(as_frames=True))
+            valid, by_row = self._frame(event_type, first_row, rows, nulls, stats)
+        for offset, record in by_row:
+            verdict = problems.get(offset) or validator.check(event_type, record, nulls)
+            if verdict is None:
+                payload = dumps({**record, "event_type": event_type})
+                if len(payload) <= limit:
+                    valid.append((first_row + offset, event_type, record["id"], payload))
+                    for name in warned:
+                        if record.get(name) is None:
+                            stats[f"warnings/{event_type}/{name}"] += 1
+                    continue
+                verdict = ("payload_too_large",
+                           f"payload is {len(payload)} bytes, over {limit}")
+            reason, message = verdict
+            stats[f"dead_letter_reasons/{reason}"] += 1
+            stats["invalid"] += 1
+            dead: DeadLetter = {"reason": reason, "event_type": event_type,
+                                "source": source, "row": first_row + offset,
+                                "error": message, "record": record}
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead)
         if not known:
             stats[f"unknown_rows/{event_type}"] += len(rows)
-        self._rows.inc(len(rows))
-        self._invalid.inc(stats["invalid"])
         if valid:
-            out: ValidBatch = (source, valid)
+            out = ValidBatch(source, valid)
             yield out
         yield beam.pvalue.TaggedOutput(STATS, dict(stats))
 
-    def _frame(self, event_type: str, first_row: int, frame: Any) -> tuple[list, Any]:
+    def _frame(self, event_type: str, first_row: int, frame: Any, nulls: Any,
+               stats: Counter) -> tuple[list, Any]:
         """Validate and serialise a frame at once: (valid entries of the rows the frame
-        check accepts, (offset, record) of the others for the row-by-row check)."""
+        check accepts, (offset, record) of the others for the row-by-row check); counts
+        the warnings of the accepted rows into ``stats``."""
         import polars as pl
-        spec = self._validator._catalogue.get(event_type)
+        spec, _ = self._validator.spec(event_type, nulls)
         if spec is None or frame.schema.get("id") != pl.String:
             return [], enumerate(frame.to_dicts())
-        key = (event_type, tuple(frame.schema.items()))
+        key = (event_type, nulls, tuple(frame.schema.items()))
         checks = self._frame_checks.get(key)
         if checks is None:
             checks = self._frame_checks[key] = compile_frame_check(spec, frame.schema)
@@ -265,6 +295,11 @@ class _ValidateBatch(beam.DoFn):
             values = frame[name].to_list()
             ok &= pl.Series([v is None or _is_json_object(v) for v in values],
                             dtype=pl.Boolean)
+        for name in self._validator.warned(event_type, nulls):
+            if name in frame.columns:
+                nulls_kept = int((frame[name].is_null() & ok).sum())
+                if nulls_kept:
+                    stats[f"warnings/{event_type}/{name}"] += nulls_kept
         rows = range(first_row, first_row + frame.height)
         entries = zip(rows, repeat(event_type), out["id"].to_list(), out["payload"].to_list())
         if ok.all():
@@ -274,21 +309,27 @@ class _ValidateBatch(beam.DoFn):
                 zip(others, frame[others].to_dicts()))
 
 
-@beam.typehints.with_input_types(RowBatch)
+@beam.typehints.with_input_types(RowBatchIn)
 class ValidateEvents(beam.PTransform):
     """Validate raw Currents rows against the catalogue.
 
-    Input: RowBatch ``(event_type, source, first_row, rows, problems)``.
+    Input: RowBatch ``(event_type, source, first_row, rows, problems, allowed_nulls)``.
     Output (main, ``valid``): ValidBatch ``(source, [(row, event_type, id, canonical_json)])``;
     tagged ``dead_letter``: DeadLetter dicts ``{reason, event_type, source, row, error,
-    record}``; tagged ``stats``: counters. ``catalogue`` defaults to the packaged one.
+    record}``; tagged ``stats``: counters (``warnings/<type>/<field>``: nulls the file's
+    writer schema allows in fields the docs call required). ``catalogue`` defaults to the
+    packaged one; ``strict``: dead-letter those nulls too.
     """
 
-    def __init__(self, catalogue: Catalogue | None = None):
+    def __init__(self, catalogue: Catalogue | None = None, strict: bool = False):
         super().__init__()
+        if catalogue is not None and not isinstance(catalogue, Catalogue):
+            raise TypeError(f"catalogue must be a schemas.catalogue.Catalogue or None, "
+                            f"not {type(catalogue).__name__}")
         self._catalogue = catalogue
+        self._strict = bool(strict)
 
     def expand(self, batches):
         return batches | "Validate" >> beam.ParDo(_ValidateBatch(
-            self._catalogue)).with_output_types(ValidBatch).with_outputs(
+            self._catalogue, self._strict)).with_output_types(ValidBatch).with_outputs(
             DEAD_LETTER, STATS, main="valid")
