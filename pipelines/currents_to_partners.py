@@ -16,34 +16,24 @@ On your own export, locally or on Dataflow (see README "Run on Dataflow"):
 """
 from __future__ import annotations
 
-import gc
-import os
-
-if __name__ == "__main__":  # the command: its process settings before Beam's import
-    from pipelines.cli import before_beam_import
-    before_beam_import()
-
-import contextlib  # noqa: E402
+import contextlib
 import functools
 import logging
+import os
 import sys
 import tempfile
 import time
 import uuid
-from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions,
-                                                  PipelineOptions,
+from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
                                                   PortableOptions, StandardOptions,
                                                   TestOptions)
 from pydantic import ValidationError
 
-from pipelines.gcs import emulator_args
-from pipelines.options import BeamOptions, RunConfig, parse
+from pipelines.options import OptionError, RunConfig, parse
 from pipelines.storage import StorageError, prepare_storage
-from pipelines.worker_template import WorkerTemplate
 from transforms import codec
 from transforms import (DeduplicateEvents, FormatForPartners, ReadCurrentsExport,
                         ValidateEvents)
@@ -55,7 +45,8 @@ from transforms.mapping import validate_overrides
 from transforms.partners import PARTNERS
 from transforms.read import export_size
 from transforms.sinks import SUMMARY, TEMPORARY, CommitOutputs, ShardRecords, WriteShards
-from transforms.summary import MergeStats, build_summary, file_stats, render_table
+from transforms.summary import (MergeStats, StatsToMetrics, build_summary, file_stats,
+                                render_table)
 from transforms.types import STATS
 
 OUTPUT_FOLDERS = ("events", "dead_letter", "duplicates", "file_errors") + tuple(
@@ -137,6 +128,11 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
         | "WriteIdentity[errors]" >> WriteShards(temp_dir, "identity/errors", 1))
     stats = [checked.stats, unique.stats, read.files | "FileStats" >> beam.Map(file_stats),
              identity.stats]
+    # Parquet and BigQuery hold what events/ holds
+    warehouse_stats, warehouse_files = warehouse_outputs(policed[events_policy], cfg, root,
+                                                         temp_dir)
+    stats += warehouse_stats
+    written += warehouse_files
     groups: dict[str, list[str]] = {}
     for partner in cfg.partners:
         groups.setdefault(cfg.pii_policy(partner), []).append(partner)
@@ -171,8 +167,8 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
                 temp_dir, f"delivery_failed/{partner}", n))
 
     written = written | "AllWritten" >> beam.Flatten()
-    stats = stats | "AllStats" >> beam.Flatten() | "MergeStats" >> beam.CombineGlobally(
-        MergeStats())
+    stats = (stats | "AllStats" >> beam.Flatten() | "StatsToMetrics" >> StatsToMetrics()
+             | "MergeStats" >> beam.CombineGlobally(MergeStats()))
 
     make_summary = functools.partial(summary_with_identity, partners=cfg.partners, shards=n,
                                      deliver=cfg.deliver, dry_run=cfg.deliver_dry_run)
@@ -190,6 +186,30 @@ def summary_with_identity(stats: dict, **options: Any) -> dict:
     return build_summary(stats, identity=identity_summary(stats), **options)
 
 
+def warehouse_outputs(events: beam.PCollection, cfg: RunConfig, root: str,
+                      temp_dir: str) -> tuple[list, list]:
+    """The Parquet and BigQuery sinks that ``cfg`` asks for: (their counters, each given
+    once committed, so ``summary.json`` is written after them; dead-letter files)."""
+    if not (cfg.parquet_output or cfg.bigquery_dataset):
+        return [], []
+    from transforms.bigquery import WriteToWarehouse
+    from transforms.columns import ObserveColumns
+    from transforms.parquet import WriteParquet
+    run_id = temp_dir.rstrip("/").rsplit("/", 1)[-1]
+    columns = events | "ObserveColumns" >> ObserveColumns()
+    stats, files = [], []
+    if cfg.parquet_output:
+        stats.append(events | "WriteParquet" >> WriteParquet(
+            cfg.parquet_output, root, run_id, columns))
+    if cfg.bigquery_dataset:
+        bq = events | "WriteToWarehouse" >> WriteToWarehouse(
+            cfg.bigquery_dataset, cfg.bigquery_method, cfg.bigquery_endpoint, run_id,
+            temp_dir, columns)
+        stats.append(bq["stats"])
+        files.append(bq["dead_letter"])
+    return stats, files
+
+
 # Compressed Avro bytes per dedup shard (~10k events): one shard's copies and survivors
 # are what a worker holds at once, so shards grow with the input instead of memory.
 SHARD_BYTES = 1_000_000
@@ -201,13 +221,10 @@ def auto_shards(avro_bytes: int) -> int:
     return max(MIN_SHARDS, -(-avro_bytes // SHARD_BYTES))
 
 
-# Local runs of exports at least this big use both cores: worker processes started as
-# new interpreters cost ~2 s of CPU and ~250 MB each, not worth it for a small export;
-# forked from the command's template (see pipelines.worker_template) they are ready in
-# 7-14 ms, and 25k events (2.2 MiB) already ran in 2.1-2.3 s instead of 2.6-3.0 s in one
-# process (for ~0.5 s more CPU).
+# Local runs of exports at least this big use both cores: each worker process is a new
+# interpreter that imports Beam and our modules (~1 s of CPU and ~200 MB), not worth it
+# for a small export.
 PARALLEL_BYTES = 8 * 2**20
-FORKED_PARALLEL_BYTES = 2 * 2**20
 LOCAL_WORKERS = 2
 
 
@@ -225,15 +242,12 @@ def runs_locally(options: PipelineOptions) -> bool:
             and environment in ("", "LOOPBACK", "PROCESS"))
 
 
-def local_parallelism(beam_args: list[str], avro_bytes: int,
-                      forked: bool = False) -> list[str]:
-    """Beam arguments with local worker processes added for a big export on the
-    DirectRunner, unless the user chose a runner mode or worker count. ``forked``: the
-    workers would be forked from a template (cheaper: smaller exports qualify)."""
+def local_parallelism(beam_args: list[str], avro_bytes: int) -> list[str]:
+    """Beam arguments with local worker processes added for a big export on a local
+    runner, unless the user chose a runner mode or worker count."""
     chosen = " ".join(beam_args)
     if ("--direct_num_workers" in chosen or "--direct_running_mode" in chosen
-            or avro_bytes < (FORKED_PARALLEL_BYTES if forked else PARALLEL_BYTES)
-            or LOCAL_WORKERS < 2):
+            or avro_bytes < PARALLEL_BYTES or LOCAL_WORKERS < 2):
         return beam_args
     runner = PipelineOptions(beam_args).view_as(StandardOptions).runner
     if runner not in DIRECT_RUNNERS:
@@ -242,57 +256,29 @@ def local_parallelism(beam_args: list[str], avro_bytes: int,
             "--direct_running_mode=multi_processing"]
 
 
-def forks_workers(options: PipelineOptions) -> bool:
-    """Whether ``local_runner`` runs this job with local worker processes, which it can
-    fork from a template."""
-    return (options.view_as(StandardOptions).runner is None
-            and options.view_as(DirectOptions).direct_running_mode == "multi_processing")
-
-
-def local_runner(options: PipelineOptions, template: Any = None) -> Any:
-    """The runner for a run that chose none: Beam's Python FnApiRunner, set up as the
-    DirectRunner sets it up (it runs the local worker processes). The DirectRunner itself
-    would first try Prism, which downloads a Go binary from GitHub on every run: a hang
-    behind a firewall, and a different runner from the one tested and measured here.
-    Its local worker processes are forked from ``template`` (a started
-    ``worker_template.WorkerTemplate``) if given, else start from
-    ``pipelines.local_worker``; both run Beam's harness, then exit without interpreter
-    teardown (see ``pipelines.local_worker``).
-    None when a runner was chosen (``--runner=PrismRunner`` for Prism)."""
-    if options.view_as(StandardOptions).runner is not None:
+def local_runner(options: PipelineOptions) -> beam.runners.PipelineRunner | None:
+    """The runner for a run that chose none: Beam's portable Python runner
+    (``FnApiRunner``, the one Beam's DirectRunner runs batch jobs on), built through its
+    constructor as the DirectRunner builds it, with the pipeline options its worker
+    processes need. Beam's DirectRunner itself first tries Prism, which downloads a Go
+    binary from GitHub on every run: a hang behind a firewall, and a different runner
+    from the one tested and measured here (``--runner=DirectRunner`` or
+    ``--runner=PrismRunner`` choose them). ``--runner=FnApiRunner`` gets the same one
+    (Beam would build it without the options); None when another runner was chosen.
+    See docs/local-runner.md."""
+    if options.view_as(StandardOptions).runner not in (None, "FnApiRunner"):
         return None
-    from apache_beam.portability import python_urns
     from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner, fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
-    from pipelines import local_worker
-
-    # The payload of Beam's subprocess environment is its command line, as bytes
-    beams_command = f"{sys.executable} -m apache_beam.runners.worker.sdk_worker_main"
-
-    if template is not None:
-        local_worker.use_template(template)
-
-    class LocalRunner(fn_runner.FnApiRunner):
-        def run_via_runner_api(self, pipeline_proto, options):
-            # Beam's worker command (multi_processing) -> our forked or started workers;
-            # any other environment (in-process or threaded workers) is left as it is.
-            for env in pipeline_proto.components.environments.values():
-                if (env.urn == python_urns.SUBPROCESS_SDK
-                        and env.payload == beams_command.encode()):
-                    env.payload = local_worker.COMMAND.encode()
-                    if template is not None:
-                        env.urn = local_worker.FORKED_URN
-            return super().run_via_runner_api(pipeline_proto, options)
-
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
-    return LocalRunner(provision_info=fn_runner.ExtendedProvisionInfo(
+    return FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
         beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
 
 
 def local_worker_env(env: dict) -> None:
-    """Settings for the local worker processes we start (they inherit ``env``), unless
+    """Settings for the local worker processes Beam starts (they inherit ``env``), unless
     the user chose:
 
     - two glibc malloc arenas: glibc gives each thread its own arena (up to 8 per core),
@@ -328,21 +314,12 @@ def read_summary(output: str) -> dict:
         return json.loads(fo.read())
 
 
-def run(argv: list[str] | None = None, template: Any = None) -> int:
-    """Parse options, run the pipeline, print the summary; returns the exit code.
-
-    ``template``: a started ``worker_template.WorkerTemplate`` to fork local workers
-    from, if the run has local workers; ended (and reaped) before this returns."""
-    try:
-        return _run(argv, template)
-    finally:
-        if template is not None:
-            template.close()
-
-
-def _run(argv: list[str] | None, template: Any) -> int:
+def run(argv: list[str] | None = None) -> int:
+    """Parse options, run the pipeline, print the summary; returns the exit code."""
     try:
         cfg, beam_args = parse(argv)
+    except OptionError as exc:
+        return _fail(str(exc), 2)
     except ValidationError as exc:
         return _fail("; ".join(
             (f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: " if e["loc"] else "")
@@ -355,7 +332,6 @@ def _run(argv: list[str] | None, template: Any) -> int:
                               overrides=cfg.overrides and validate_overrides(cfg.overrides),
                               forward_new_fields=cfg.forward_new_fields), end="")
         return 0
-    beam_args = emulator_args(beam_args)
     try:
         prepare_storage([cfg.input], [cfg.output], beam_args)
     except StorageError as exc:
@@ -367,6 +343,12 @@ def _run(argv: list[str] | None, template: Any) -> int:
                 return _fail(f"{option} {path}: no file there", 2)
         except Exception as exc:
             return _fail(f"cannot list {option} {path}: {exc}", 2)
+    if cfg.bigquery_dataset and cfg.bigquery_method == "file_loads" and not str(
+            PipelineOptions(beam_args).view_as(GoogleCloudOptions).temp_location
+            ).startswith("gs://"):
+        return _fail("--bigquery-method file_loads stages its load files in Cloud Storage: "
+                     "pass --temp_location gs://BUCKET/PATH (or use --bigquery-method "
+                     "streaming_inserts)", 2)
     try:
         files, size = export_size(cfg.input)
     except Exception as exc:
@@ -375,7 +357,7 @@ def _run(argv: list[str] | None, template: Any) -> int:
         return _fail(f"no .avro files found under {cfg.input}", 2)
     if cfg.shards is None:
         cfg = cfg.model_copy(update={"shards": auto_shards(size)})
-    beam_args = local_parallelism(beam_args, size, forked=template is not None)
+    beam_args = local_parallelism(beam_args, size)
     temp_dir = FileSystems.join(cfg.output, TEMPORARY, uuid.uuid4().hex)
     try:
         _check_output_writable(temp_dir)
@@ -385,17 +367,10 @@ def _run(argv: list[str] | None, template: Any) -> int:
     print(f"Reading {files} files ({size / 2**20:.1f} MiB) under {cfg.input}\n"
           f"Writing {cfg.output} ({cfg.shards} shards)", flush=True)
     started = time.monotonic()
-    options = BeamOptions(beam_args, save_main_session=False)
-    forks = forks_workers(options)
-    if template is not None and not forks:
-        template.kill()  # no use for it
-        template = None
-    if forks:
-        print(f"Using {options.view_as(DirectOptions).direct_num_workers} local worker "
-              "processes, " + ("forked from this one" if template is not None else
-                               "each a new interpreter")
-              + " (--direct_num_workers=1 for one process)", flush=True)
+    options = PipelineOptions(beam_args, save_main_session=False)
     if f"--direct_num_workers={LOCAL_WORKERS}" in beam_args[-2:]:
+        print(f"Using {LOCAL_WORKERS} local worker processes "
+              "(--direct_num_workers=1 for one process)", flush=True)
         local_worker_env(os.environ)
     if not os.environ.get("CURRENTS_DEBUG"):  # workers' start-up warnings, relayed
         logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(
@@ -403,7 +378,7 @@ def _run(argv: list[str] | None, template: Any) -> int:
     try:
         spill = (tempfile.TemporaryDirectory(prefix="currents-shuffle-")
                  if runs_locally(options) else contextlib.nullcontext())
-        with spill as spill_dir, beam.Pipeline(runner=local_runner(options, template),
+        with spill as spill_dir, beam.Pipeline(runner=local_runner(options),
                                                 options=options) as p:
             build(p, cfg, temp_dir, spill_dir)
         if _job_not_run_here(options):
@@ -455,22 +430,7 @@ def _check_delivery(cfg: RunConfig, summary: dict) -> int:
 
 
 def main() -> None:
-    # Importing Beam makes ~150k long-lived objects and little garbage: with the
-    # collector off meanwhile and those objects frozen (never walked again), start-up
-    # spends ~0.01 s instead of ~0.28 s in collections, before any worker starts.
-    gc.freeze()
-    gc.enable()
-    # Local workers are forked from a copy of this process made now, its imports done and
-    # nothing else (see pipelines.worker_template); CURRENTS_FORK_WORKERS=0 starts them.
-    template = (WorkerTemplate.start() if os.environ.get("CURRENTS_FORK_WORKERS") != "0"
-                else None)
-    code = run(sys.argv[1:], template)
-    # Everything is written, closed and printed: skip the interpreter's teardown of
-    # Beam's modules and objects, ~0.4 s of a 12 s run at 500k events.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    logging.shutdown()
-    os._exit(code)
+    sys.exit(run(sys.argv[1:]))
 
 
 if __name__ == "__main__":

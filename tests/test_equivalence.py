@@ -7,6 +7,7 @@ from collections import Counter
 
 import fastavro
 import orjson
+import pytest
 from pydantic import ValidationError
 
 from bench.generate import generate
@@ -138,6 +139,7 @@ def pipeline_outputs(out) -> dict[str, Counter]:
     return result
 
 
+@pytest.mark.slow  # a generated export through the whole pipeline, twice
 def test_optimised_pipeline_equals_the_straightforward_path(tmp_path, monkeypatch):
     from transforms import identities
     monkeypatch.setattr(identities, "CHUNK", 97)  # shards formatted and written in chunks
@@ -156,6 +158,7 @@ def test_optimised_pipeline_equals_the_straightforward_path(tmp_path, monkeypatc
         assert actual[folder] == expected[folder], folder
 
 
+@pytest.mark.slow
 def test_chunks_change_no_byte(tmp_path, monkeypatch):
     """Formatting and writing a shard a chunk at a time gives the same files, byte for byte."""
     from transforms import identities

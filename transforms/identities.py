@@ -18,8 +18,7 @@ from typing import Any, Iterator, NamedTuple, Union
 import apache_beam as beam
 
 from transforms import codec
-from transforms.gcpause import paused_gc
-from transforms.types import STATS, IdentifiedBatch, Record, ShardLines
+from transforms.types import STATS, IdentifiedBatch, Record, ShardLines, ShardLinesIn
 
 PARTNERS = ("amplitude", "mixpanel", "mparticle", "segment")
 
@@ -94,16 +93,15 @@ class _Resolve(beam.DoFn):
         # events, not the whole shard.
         for start in range(0, len(lines), self._chunk):
             out = []
-            with paused_gc():
-                for line in lines[start:start + self._chunk]:
-                    record = loads(line)
-                    identities = {}
-                    for partner, rule in rules:
-                        identity = identities[partner] = rule(record)
-                        if type(identity) is str:
-                            not_eligible[partner, identity] += 1
-                    out.append((record, identities))
-                yield shard, out
+            for line in lines[start:start + self._chunk]:
+                record = loads(line)
+                identities = {}
+                for partner, rule in rules:
+                    identity = identities[partner] = rule(record)
+                    if type(identity) is str:
+                        not_eligible[partner, identity] += 1
+                out.append((record, identities))
+            yield shard, out
         yield beam.pvalue.TaggedOutput(STATS, eligibility_stats(
             self._partners, len(lines), not_eligible))
 
@@ -120,7 +118,7 @@ def eligibility_stats(partners: tuple[str, ...], events: int,
     return stats
 
 
-@beam.typehints.with_input_types(ShardLines)
+@beam.typehints.with_input_types(ShardLinesIn)
 class ResolveIdentities(beam.PTransform):
     """Attach each partner's identity to each event.
 
