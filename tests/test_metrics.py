@@ -27,6 +27,12 @@ def summary_counts(summary: dict) -> dict[str, int]:
         for key in ("not_eligible", "skipped"):
             counts.update({f"partners/{partner}/{key}/{k}": n
                            for k, n in p[f"{key}_reasons"].items()})
+        if p["property_collisions"]:
+            counts[f"partners/{partner}/property_collisions"] = p["property_collisions"]
+        counts.update({f"partners/{partner}/new_fields_held_back/{k}": n
+                       for k, n in p["new_fields_held_back"].items()})
+    counts.update({f"warnings/{w['event_type']}/{w['field']}": w["count"]
+                   for w in summary["warnings"]})
     return counts
 
 
