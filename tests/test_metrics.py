@@ -33,6 +33,11 @@ def summary_counts(summary: dict) -> dict[str, int]:
                        for k, n in p["new_fields_held_back"].items()})
     counts.update({f"warnings/{w['event_type']}/{w['field']}": w["count"]
                    for w in summary["warnings"]})
+    identity = summary["identity"]
+    counts.update({f"identity/{k}": n for k, n in identity.items()
+                   if isinstance(n, int) and n and k != "conflicts"})
+    counts.update({f"identity/conflicts/{k}": n
+                   for k, n in identity["conflict_kinds"].items()})
     return counts
 
 
