@@ -14,6 +14,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python setup.py constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,aws,azure]'
+	$(BIN)/python -m tests.install_duckdb_spatial
 	touch $@
 
 # Azurite, the Azure Blob Storage emulator the tests start (npm; 3.35 is the last

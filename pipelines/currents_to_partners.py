@@ -16,50 +16,45 @@ On your own export, locally or on Dataflow (see README "Run on Dataflow"):
 """
 from __future__ import annotations
 
-import gc
-import os
-
-if __name__ == "__main__":  # the command: its process settings before Beam's import
-    from pipelines.cli import before_beam_import
-    before_beam_import()
-
-import contextlib  # noqa: E402
+import contextlib
 import functools
 import logging
+import os
 import sys
 import tempfile
 import time
 import uuid
-from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions,
-                                                  PipelineOptions,
+from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
                                                   PortableOptions, StandardOptions,
                                                   TestOptions)
 from pydantic import ValidationError
 
-from pipelines.gcs import emulator_args
-from pipelines.options import BeamOptions, RunConfig, parse
+from pipelines.options import OptionError, RunConfig, parse
 from pipelines.state import LockHeld, Plan, State, new_run_id, run_summary
 from pipelines.storage import StorageError, prepare_storage
-from pipelines.worker_template import WorkerTemplate
+from transforms import codec
 from transforms import (DeduplicateEvents, FormatForPartners, ReadCurrentsExport,
                         ValidateEvents)
 from transforms.deliver import FAILED, DeliverToPartner
 from transforms.fanout import skipped_tag
+from transforms.identity_map import ResolveIdentityMap, identity_summary, input_files
+from transforms.pii import ApplyPii, apply_to_identity_record, hasher
 from transforms.mapping import validate_overrides
 from transforms.partners import PARTNERS
 from transforms.read import export_size
 from transforms.seen import SEEN_NEW
 from transforms.sinks import SUMMARY, TEMPORARY, CommitOutputs, ShardRecords, WriteShards
-from transforms.summary import MergeStats, build_summary, file_stats, render_table
+from transforms.summary import (MergeStats, StatsToMetrics, build_summary, file_stats,
+                                render_table)
 from transforms.types import STATS
 
 OUTPUT_FOLDERS = ("events", "dead_letter", "duplicates", "file_errors") + tuple(
     f"partners/{p}{sub}" for p in PARTNERS for sub in ("", "/_skipped")) + tuple(
-    f"delivery_failed/{p}" for p in PARTNERS)
+    f"delivery_failed/{p}" for p in PARTNERS) + tuple(
+    f"identity/{f}" for f in ("map", "conflicts", "deletions", "errors"))
 
 
 def input_root(path: str) -> str:
@@ -91,6 +86,10 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
     if plan:  # files changed since a run processed them: reported, not read
         file_reports = (read.files, p | "ChangedFiles" >> beam.Create(plan.changed)
                         ) | "AllFileReports" >> beam.Flatten()
+    identity = unique.events | "ResolveIdentityMap" >> ResolveIdentityMap(
+        cfg.identity_map, cfg.deletions, backfill=not cfg.no_backfill_identities, buckets=n,
+        spill_dir=spill_dir)
+    events = identity.events  # each with identity_source, resolved_external_user_id
 
     root = input_root(cfg.input)  # shard by the path within the export, not its location
     dead_letter = checked.dead_letter | "ShardDeadLetter" >> ShardRecords(
@@ -100,22 +99,67 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
                    | "OnlyFileErrors" >> beam.Filter(lambda f: f["reason"] is not None)
                    | "ShardFileErrors" >> ShardRecords(1, shard_key=lambda f: "",
                                                        sort_key=lambda f: f["source"]))
+    # PII (transforms.pii): events/, dead letter and duplicates follow --pii-events;
+    # each partner its own policy (partners sharing one are formatted in one pass)
+    salt, identities = cfg.pii_salt_value(), cfg.pii_identities
+    events_policy = cfg.pii_policy("events")
+    policed = {events_policy: events | "PiiEvents" >> ApplyPii(
+        events_policy, identities, salt)}
     written = [
-        unique.events | "WriteEvents" >> WriteShards(temp_dir, "events", n),
-        dead_letter | "WriteDeadLetter" >> WriteShards(temp_dir, "dead_letter", n),
-        unique.duplicates | "WriteDuplicates" >> WriteShards(temp_dir, "duplicates", n),
+        policed[events_policy] | "WriteEvents" >> WriteShards(temp_dir, "events", n),
+        dead_letter | "PiiDeadLetter" >> ApplyPii(events_policy, identities, salt, "record")
+        | "WriteDeadLetter" >> WriteShards(temp_dir, "dead_letter", n),
+        unique.duplicates | "PiiDuplicates" >> ApplyPii(events_policy, identities, salt,
+                                                        "record")
+        | "WriteDuplicates" >> WriteShards(temp_dir, "duplicates", n),
         file_errors | "WriteFileErrors" >> WriteShards(temp_dir, "file_errors", 1),
     ]
-    stats = [checked.stats, unique.stats, read.files | "FileStats" >> beam.Map(file_stats)]
+    hide = (functools.partial(apply_to_identity_record, policy=events_policy,
+                              digest=hasher(salt) if salt else None)
+            if identities and events_policy != "keep" else None)
+    identity_map = identity.map
+    if hide is not None:
+        identity_map = identity_map | "PiiIdentity[map]" >> beam.Map(
+            lambda sl: (sl[0], [codec.dumps(hide(codec.loads(line))) for line in sl[1]]))
+    written.append(identity_map | "WriteIdentity[map]" >> WriteShards(
+        temp_dir, "identity/map", n))
+    for name, records in (("conflicts", identity.conflicts),
+                          ("deletions", identity.deletions)):
+        if hide is not None:
+            records = records | f"PiiIdentity[{name}]" >> beam.Map(hide)
+        written.append(
+            records | f"ShardIdentity[{name}]" >> ShardRecords(1, _json_key, _json_key)
+            | f"WriteIdentity[{name}]" >> WriteShards(temp_dir, f"identity/{name}", 1))
+    written.append(
+        identity.errors | "ShardIdentity[errors]" >> ShardRecords(
+            1, lambda r: "", lambda r: (r["source"], r["line"]))
+        | "WriteIdentity[errors]" >> WriteShards(temp_dir, "identity/errors", 1))
+    stats = [checked.stats, unique.stats, read.files | "FileStats" >> beam.Map(file_stats),
+             identity.stats]
     if plan:  # the seen store's next generation is written before the commit
         stats += [unique[SEEN_NEW] | "WriteSeenStore" >> seen.write(),
                   p | "ChangedStats" >> beam.Create(
                       [{"file_errors/changed_after_processing": len(plan.changed)}])]
-    if cfg.partners:
-        formatted = unique.events | "FormatForPartners" >> FormatForPartners(
-            cfg.partners, cfg.partner_config(), overrides=cfg.overrides,
+    # Parquet and BigQuery hold what events/ holds
+    warehouse_stats, warehouse_files = warehouse_outputs(policed[events_policy], cfg, root,
+                                                         temp_dir)
+    stats += warehouse_stats
+    written += warehouse_files
+    groups: dict[str, list[str]] = {}
+    for partner in cfg.partners:
+        groups.setdefault(cfg.pii_policy(partner), []).append(partner)
+    formatted: dict[str, Any] = {}
+    for policy, partners in groups.items():
+        if policy not in policed:
+            policed[policy] = events | f"Pii[{policy}]" >> ApplyPii(policy, identities, salt)
+        label = "FormatForPartners" if len(groups) == 1 else f"FormatForPartners[{policy}]"
+        out = policed[policy] | label >> FormatForPartners(
+            tuple(partners), cfg.partner_config(), overrides=cfg.overrides,
             forward_new_fields=cfg.forward_new_fields)
-        stats.append(formatted.stats)
+        stats.append(out[STATS])
+        for partner in partners:
+            formatted[partner] = out[partner]
+            formatted[skipped_tag(partner)] = out[skipped_tag(partner)]
     for partner in cfg.partners:
         written += [
             formatted[partner] | f"Write[{partner}]" >> WriteShards(
@@ -135,15 +179,49 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
                 temp_dir, f"delivery_failed/{partner}", n))
 
     written = written | "AllWritten" >> beam.Flatten()
-    stats = stats | "AllStats" >> beam.Flatten() | "MergeStats" >> beam.CombineGlobally(
-        MergeStats())
+    stats = (stats | "AllStats" >> beam.Flatten() | "StatsToMetrics" >> StatsToMetrics()
+             | "MergeStats" >> beam.CombineGlobally(MergeStats()))
 
-    make_summary = functools.partial(build_summary, partners=cfg.partners, shards=n,
+    make_summary = functools.partial(summary_with_identity, partners=cfg.partners, shards=n,
                                      deliver=cfg.deliver, dry_run=cfg.deliver_dry_run)
     if plan:
         make_summary = functools.partial(run_summary, make_summary, plan.run_id)
     return p | "CommitOutputs" >> CommitOutputs(
         cfg.output, temp_dir, OUTPUT_FOLDERS, written, stats, make_summary)
+
+
+def _json_key(record: dict) -> str:
+    """Shard and order identity/ records by their canonical JSON (braze_id first)."""
+    return codec.dumps(record).decode()
+
+
+def summary_with_identity(stats: dict, **options: Any) -> dict:
+    """build_summary plus ``identity`` (transforms.identity_map.identity_summary)."""
+    return build_summary(stats, identity=identity_summary(stats), **options)
+
+
+def warehouse_outputs(events: beam.PCollection, cfg: RunConfig, root: str,
+                      temp_dir: str) -> tuple[list, list]:
+    """The Parquet and BigQuery sinks that ``cfg`` asks for: (their counters, each given
+    once committed, so ``summary.json`` is written after them; dead-letter files)."""
+    if not (cfg.parquet_output or cfg.bigquery_dataset):
+        return [], []
+    from transforms.bigquery import WriteToWarehouse
+    from transforms.columns import ObserveColumns
+    from transforms.parquet import WriteParquet
+    run_id = temp_dir.rstrip("/").rsplit("/", 1)[-1]
+    columns = events | "ObserveColumns" >> ObserveColumns()
+    stats, files = [], []
+    if cfg.parquet_output:
+        stats.append(events | "WriteParquet" >> WriteParquet(
+            cfg.parquet_output, root, run_id, columns))
+    if cfg.bigquery_dataset:
+        bq = events | "WriteToWarehouse" >> WriteToWarehouse(
+            cfg.bigquery_dataset, cfg.bigquery_method, cfg.bigquery_endpoint, run_id,
+            temp_dir, columns)
+        stats.append(bq["stats"])
+        files.append(bq["dead_letter"])
+    return stats, files
 
 
 # Compressed Avro bytes per dedup shard (~10k events): one shard's copies and survivors
@@ -163,13 +241,10 @@ def auto_shards(avro_bytes: int) -> int:
     return max(MIN_SHARDS, -(-avro_bytes // SHARD_BYTES))
 
 
-# Local runs of exports at least this big use both cores: worker processes started as
-# new interpreters cost ~2 s of CPU and ~250 MB each, not worth it for a small export;
-# forked from the command's template (see pipelines.worker_template) they are ready in
-# 7-14 ms, and 25k events (2.2 MiB) already ran in 2.1-2.3 s instead of 2.6-3.0 s in one
-# process (for ~0.5 s more CPU).
+# Local runs of exports at least this big use both cores: each worker process is a new
+# interpreter that imports Beam and our modules (~1 s of CPU and ~200 MB), not worth it
+# for a small export.
 PARALLEL_BYTES = 8 * 2**20
-FORKED_PARALLEL_BYTES = 2 * 2**20
 LOCAL_WORKERS = 2
 
 
@@ -187,15 +262,12 @@ def runs_locally(options: PipelineOptions) -> bool:
             and environment in ("", "LOOPBACK", "PROCESS"))
 
 
-def local_parallelism(beam_args: list[str], avro_bytes: int,
-                      forked: bool = False) -> list[str]:
-    """Beam arguments with local worker processes added for a big export on the
-    DirectRunner, unless the user chose a runner mode or worker count. ``forked``: the
-    workers would be forked from a template (cheaper: smaller exports qualify)."""
+def local_parallelism(beam_args: list[str], avro_bytes: int) -> list[str]:
+    """Beam arguments with local worker processes added for a big export on a local
+    runner, unless the user chose a runner mode or worker count."""
     chosen = " ".join(beam_args)
     if ("--direct_num_workers" in chosen or "--direct_running_mode" in chosen
-            or avro_bytes < (FORKED_PARALLEL_BYTES if forked else PARALLEL_BYTES)
-            or LOCAL_WORKERS < 2):
+            or avro_bytes < PARALLEL_BYTES or LOCAL_WORKERS < 2):
         return beam_args
     runner = PipelineOptions(beam_args).view_as(StandardOptions).runner
     if runner not in DIRECT_RUNNERS:
@@ -204,57 +276,29 @@ def local_parallelism(beam_args: list[str], avro_bytes: int,
             "--direct_running_mode=multi_processing"]
 
 
-def forks_workers(options: PipelineOptions) -> bool:
-    """Whether ``local_runner`` runs this job with local worker processes, which it can
-    fork from a template."""
-    return (options.view_as(StandardOptions).runner is None
-            and options.view_as(DirectOptions).direct_running_mode == "multi_processing")
-
-
-def local_runner(options: PipelineOptions, template: Any = None) -> Any:
-    """The runner for a run that chose none: Beam's Python FnApiRunner, set up as the
-    DirectRunner sets it up (it runs the local worker processes). The DirectRunner itself
-    would first try Prism, which downloads a Go binary from GitHub on every run: a hang
-    behind a firewall, and a different runner from the one tested and measured here.
-    Its local worker processes are forked from ``template`` (a started
-    ``worker_template.WorkerTemplate``) if given, else start from
-    ``pipelines.local_worker``; both run Beam's harness, then exit without interpreter
-    teardown (see ``pipelines.local_worker``).
-    None when a runner was chosen (``--runner=PrismRunner`` for Prism)."""
-    if options.view_as(StandardOptions).runner is not None:
+def local_runner(options: PipelineOptions) -> beam.runners.PipelineRunner | None:
+    """The runner for a run that chose none: Beam's portable Python runner
+    (``FnApiRunner``, the one Beam's DirectRunner runs batch jobs on), built through its
+    constructor as the DirectRunner builds it, with the pipeline options its worker
+    processes need. Beam's DirectRunner itself first tries Prism, which downloads a Go
+    binary from GitHub on every run: a hang behind a firewall, and a different runner
+    from the one tested and measured here (``--runner=DirectRunner`` or
+    ``--runner=PrismRunner`` choose them). ``--runner=FnApiRunner`` gets the same one
+    (Beam would build it without the options); None when another runner was chosen.
+    See docs/local-runner.md."""
+    if options.view_as(StandardOptions).runner not in (None, "FnApiRunner"):
         return None
-    from apache_beam.portability import python_urns
     from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner, fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
-    from pipelines import local_worker
-
-    # The payload of Beam's subprocess environment is its command line, as bytes
-    beams_command = f"{sys.executable} -m apache_beam.runners.worker.sdk_worker_main"
-
-    if template is not None:
-        local_worker.use_template(template)
-
-    class LocalRunner(fn_runner.FnApiRunner):
-        def run_via_runner_api(self, pipeline_proto, options):
-            # Beam's worker command (multi_processing) -> our forked or started workers;
-            # any other environment (in-process or threaded workers) is left as it is.
-            for env in pipeline_proto.components.environments.values():
-                if (env.urn == python_urns.SUBPROCESS_SDK
-                        and env.payload == beams_command.encode()):
-                    env.payload = local_worker.COMMAND.encode()
-                    if template is not None:
-                        env.urn = local_worker.FORKED_URN
-            return super().run_via_runner_api(pipeline_proto, options)
-
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
-    return LocalRunner(provision_info=fn_runner.ExtendedProvisionInfo(
+    return FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(
         beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
 
 
 def local_worker_env(env: dict) -> None:
-    """Settings for the local worker processes we start (they inherit ``env``), unless
+    """Settings for the local worker processes Beam starts (they inherit ``env``), unless
     the user chose:
 
     - two glibc malloc arenas: glibc gives each thread its own arena (up to 8 per core),
@@ -290,21 +334,12 @@ def read_summary(output: str) -> dict:
         return json.loads(fo.read())
 
 
-def run(argv: list[str] | None = None, template: Any = None) -> int:
-    """Parse options, run the pipeline, print the summary; returns the exit code.
-
-    ``template``: a started ``worker_template.WorkerTemplate`` to fork local workers
-    from, if the run has local workers; ended (and reaped) before this returns."""
-    try:
-        return _run(argv, template)
-    finally:
-        if template is not None:
-            template.close()
-
-
-def _run(argv: list[str] | None, template: Any) -> int:
+def run(argv: list[str] | None = None) -> int:
+    """Parse options, run the pipeline, print the summary; returns the exit code."""
     try:
         cfg, beam_args = parse(argv)
+    except OptionError as exc:
+        return _fail(str(exc), 2)
     except ValidationError as exc:
         return _fail("; ".join(
             (f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: " if e["loc"] else "")
@@ -317,20 +352,32 @@ def _run(argv: list[str] | None, template: Any) -> int:
                               overrides=cfg.overrides and validate_overrides(cfg.overrides),
                               forward_new_fields=cfg.forward_new_fields), end="")
         return 0
-    beam_args = emulator_args(beam_args)
     try:
         prepare_storage([cfg.input], [cfg.output, *filter(None, [cfg.state])], beam_args)
     except StorageError as exc:
         return _fail(str(exc), 2)
+    for option, path in (("--identity-map", cfg.identity_map),
+                         ("--deletions", cfg.deletions)):
+        try:
+            if path and not input_files(path):
+                return _fail(f"{option} {path}: no file there", 2)
+        except Exception as exc:
+            return _fail(f"cannot list {option} {path}: {exc}", 2)
+    if cfg.bigquery_dataset and cfg.bigquery_method == "file_loads" and not str(
+            PipelineOptions(beam_args).view_as(GoogleCloudOptions).temp_location
+            ).startswith("gs://"):
+        return _fail("--bigquery-method file_loads stages its load files in Cloud Storage: "
+                     "pass --temp_location gs://BUCKET/PATH (or use --bigquery-method "
+                     "streaming_inserts)", 2)
     if cfg.streaming:
         from pipelines.streaming import run_streaming
         return run_streaming(cfg, beam_args)
     if cfg.state:
-        return _incremental(cfg, beam_args, template)
-    return _execute(cfg, beam_args, template)
+        return _incremental(cfg, beam_args)
+    return _execute(cfg, beam_args)
 
 
-def _incremental(cfg: RunConfig, beam_args: list[str], template: Any) -> int:
+def _incremental(cfg: RunConfig, beam_args: list[str]) -> int:
     """``--state``: the new files only, outputs in ``<output>/runs/<run_id>/``, the
     state committed after the outputs (pipelines.state)."""
     try:
@@ -355,7 +402,7 @@ def _incremental(cfg: RunConfig, beam_args: list[str], template: Any) -> int:
                   f"writing the empty run {run_id}"
                   + (f" ({len(plan.changed)} changed files reported)" if plan.changed
                      else ""), flush=True)
-        code = _execute(run_cfg, beam_args, template, plan)
+        code = _execute(run_cfg, beam_args, plan)
         try:
             summary = read_summary(run_cfg.output)
         except Exception:  # failed, or a Dataflow dry run: nothing was committed
@@ -375,8 +422,8 @@ def _incremental(cfg: RunConfig, beam_args: list[str], template: Any) -> int:
         state.lock.release()
 
 
-def _execute(cfg: RunConfig, beam_args: list[str], template: Any,
-             plan: Plan | None = None) -> int:
+def _execute(cfg: RunConfig, beam_args: list[str], plan: Plan | None = None) -> int:
+    """One batch run of ``cfg`` (``plan``: an incremental run's files and seen store)."""
     if plan is not None:
         files, size = len(plan.new_files), sum(m[0] for m in plan.new_meta.values())
     else:
@@ -389,7 +436,7 @@ def _execute(cfg: RunConfig, beam_args: list[str], template: Any,
     if cfg.shards is None:  # with --state, dedup shards also hold the seen store
         cfg = cfg.model_copy(update={"shards": max(auto_shards(size), -(-(
             plan.seen_entries if plan else 0) // SEEN_PER_SHARD))})
-    beam_args = local_parallelism(beam_args, size, forked=template is not None)
+    beam_args = local_parallelism(beam_args, size)
     temp_dir = FileSystems.join(cfg.output, TEMPORARY, uuid.uuid4().hex)
     try:
         _check_output_writable(temp_dir)
@@ -399,17 +446,10 @@ def _execute(cfg: RunConfig, beam_args: list[str], template: Any,
     print(f"Reading {files} files ({size / 2**20:.1f} MiB) under {cfg.input}\n"
           f"Writing {cfg.output} ({cfg.shards} shards)", flush=True)
     started = time.monotonic()
-    options = BeamOptions(beam_args, save_main_session=False)
-    forks = forks_workers(options)
-    if template is not None and not forks:
-        template.kill()  # no use for it
-        template = None
-    if forks:
-        print(f"Using {options.view_as(DirectOptions).direct_num_workers} local worker "
-              "processes, " + ("forked from this one" if template is not None else
-                               "each a new interpreter")
-              + " (--direct_num_workers=1 for one process)", flush=True)
+    options = PipelineOptions(beam_args, save_main_session=False)
     if f"--direct_num_workers={LOCAL_WORKERS}" in beam_args[-2:]:
+        print(f"Using {LOCAL_WORKERS} local worker processes "
+              "(--direct_num_workers=1 for one process)", flush=True)
         local_worker_env(os.environ)
     if not os.environ.get("CURRENTS_DEBUG"):  # workers' start-up warnings, relayed
         logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(
@@ -417,7 +457,7 @@ def _execute(cfg: RunConfig, beam_args: list[str], template: Any,
     try:
         spill = (tempfile.TemporaryDirectory(prefix="currents-shuffle-")
                  if runs_locally(options) else contextlib.nullcontext())
-        with spill as spill_dir, beam.Pipeline(runner=local_runner(options, template),
+        with spill as spill_dir, beam.Pipeline(runner=local_runner(options),
                                                 options=options) as p:
             build(p, cfg, temp_dir, spill_dir, plan)
         if _job_not_run_here(options):
@@ -469,22 +509,7 @@ def _check_delivery(cfg: RunConfig, summary: dict) -> int:
 
 
 def main() -> None:
-    # Importing Beam makes ~150k long-lived objects and little garbage: with the
-    # collector off meanwhile and those objects frozen (never walked again), start-up
-    # spends ~0.01 s instead of ~0.28 s in collections, before any worker starts.
-    gc.freeze()
-    gc.enable()
-    # Local workers are forked from a copy of this process made now, its imports done and
-    # nothing else (see pipelines.worker_template); CURRENTS_FORK_WORKERS=0 starts them.
-    template = (WorkerTemplate.start() if os.environ.get("CURRENTS_FORK_WORKERS") != "0"
-                else None)
-    code = run(sys.argv[1:], template)
-    # Everything is written, closed and printed: skip the interpreter's teardown of
-    # Beam's modules and objects, ~0.4 s of a 12 s run at 500k events.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    logging.shutdown()
-    os._exit(code)
+    sys.exit(run(sys.argv[1:]))
 
 
 if __name__ == "__main__":

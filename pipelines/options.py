@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -38,28 +40,6 @@ def bundled_sample() -> str:
     return str(resources.files("pipelines").joinpath("sample_export"))
 
 
-class BeamOptions(PipelineOptions):
-    """Beam's options, with each view (``view_as(SomeOptions)``) made once and reused.
-
-    Beam asks for a view for every transform applied and again while running the job,
-    and each new view builds an argparse parser of every registered option: ~0.1 s of
-    the command's start-up at 500k events (to the first bundle: 0.38 -> 0.26-0.29 s),
-    before any worker starts. A view keeps no value of its own (values live in the dict
-    all views share), so reusing one changes nothing."""
-
-    def view_as(self, cls):
-        views = self.__dict__.setdefault("_views", {})
-        view = views.get(cls)
-        if view is None:
-            view = views[cls] = super().view_as(cls)
-        return view
-
-    def __getstate__(self):
-        state = dict(super().__getstate__())
-        state.pop("_views", None)
-        return state
-
-
 class RunConfig(BaseModel):
     """Validated options of one run."""
 
@@ -77,6 +57,19 @@ class RunConfig(BaseModel):
     forward_new_fields: bool = False
     strict: bool = False
     explain_mapping: str | None = None
+    # identity map, backfill and deletion requests (transforms.identity_map, docs/identity.md)
+    identity_map: str | None = None
+    deletions: str | None = None
+    no_backfill_identities: bool = False
+    # PII controls (transforms.pii, docs/identity.md); None: as --pii
+    pii: Literal["keep", "hash", "drop"] = "keep"
+    pii_events: Literal["keep", "hash", "drop"] | None = None
+    pii_amplitude: Literal["keep", "hash", "drop"] | None = None
+    pii_mixpanel: Literal["keep", "hash", "drop"] | None = None
+    pii_mparticle: Literal["keep", "hash", "drop"] | None = None
+    pii_segment: Literal["keep", "hash", "drop"] | None = None
+    pii_identities: bool = False
+    pii_salt: SecretStr | None = None  # from CURRENTS_PII_SALT, only when a policy hashes
     # incremental runs (pipelines.state, docs/scheduling.md)
     state: str | None = None
     dedup_window: int = Field(DEDUP_WINDOW, ge=0)  # seconds of event time
@@ -109,6 +102,26 @@ class RunConfig(BaseModel):
     mixpanel_max_rps: float = Field(DEFAULT_MAX_RPS["mixpanel"], ge=0)
     mparticle_max_rps: float = Field(DEFAULT_MAX_RPS["mparticle"], ge=0)
     segment_max_rps: float = Field(DEFAULT_MAX_RPS["segment"], ge=0)
+    parquet_output: str | None = None
+    bigquery_dataset: str | None = None
+    bigquery_method: Literal["file_loads", "streaming_inserts",
+                             "storage_write_api"] = "file_loads"
+    bigquery_endpoint: str | None = None
+
+    @field_validator("bigquery_dataset")
+    @classmethod
+    def _dataset(cls, value):
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9.:-]+:[A-Za-z0-9_]+", value):
+            raise ValueError(f"must be PROJECT:DATASET (like my-project:currents), not "
+                             f"{value!r}")
+        return value
+
+    @field_validator("bigquery_endpoint")
+    @classmethod
+    def _endpoint(cls, value):
+        if value is not None and not re.match(r"https?://[^/]+", value):
+            raise ValueError(f"must be a URL like http://127.0.0.1:9050, not {value!r}")
+        return value
 
     @model_validator(mode="after")
     def _partner_settings(self):
@@ -188,6 +201,19 @@ class RunConfig(BaseModel):
             max_backoff=max(self.delivery_backoff, min(60.0, self.delivery_timeout / 4)),
             max_rps=getattr(self, f"{partner}_max_rps"), dry_run=self.deliver_dry_run,
             concurrency=self.delivery_concurrency)
+    @model_validator(mode="after")
+    def _bigquery_settings(self):
+        if self.bigquery_dataset and self.bigquery_method == "storage_write_api":
+            from transforms.bigquery import STORAGE_WRITE_API_UNSUPPORTED
+            raise ValueError(STORAGE_WRITE_API_UNSUPPORTED)
+        return self
+
+    def pii_policy(self, output: str) -> str:
+        """The PII policy of ``events`` (also dead letter and duplicates) or a partner."""
+        return getattr(self, f"pii_{output}") or self.pii
+
+    def pii_salt_value(self) -> str | None:
+        return self.pii_salt.get_secret_value() if self.pii_salt else None
 
     def partner_config(self) -> dict:
         """Settings the partner formatters need (the token is revealed only here)."""
@@ -254,22 +280,15 @@ def load_overrides(path: str) -> dict:
     return data
 
 
-def _flag(value: str) -> bool:
-    """``--strict``, or ``--strict=true|false`` as Flex Template parameters pass it."""
-    lowered = value.lower()
-    if lowered not in ("true", "false", "1", "0", "yes", "no"):
-        raise argparse.ArgumentTypeError(f"expected true or false, not {value!r}")
-    return lowered in ("true", "1", "yes")
-
-
 # Options that make the command do something else than run a job: not Flex Template
 # parameters (dataflow/metadata.json).
 LOCAL_ONLY = ("explain_mapping",)
 
 HELP_EPILOG = """\
-Beam options pass through unchanged, for example:
-  --runner DirectRunner|DataflowRunner   where to run (default: DirectRunner)
-  --direct_num_workers N                 local parallelism
+Beam options pass through by their full names (a typo or abbreviation is an error):
+  --runner DataflowRunner|DirectRunner   where to run (default: Beam's FnApiRunner,
+                                         2 worker processes for exports >= 8 MiB)
+  --direct_num_workers N                 local parallelism (1: one process)
   --direct_running_mode multi_processing|multi_threading|in_memory
   --project, --region, --temp_location, --setup_file   for Dataflow
   --s3_endpoint_url, --s3_region_name, --s3_access_key_id, ...   for s3://
@@ -285,12 +304,16 @@ Outputs under --output:
   partners/<p>/_skipped/  events not sent to p: {event_type, id, reason}
   delivery_failed/<p>/  with --deliver: payloads p did not take:
                  {reason, event_type, id, status, error, payload}
+  identity/map|conflicts|deletions|errors/   braze_id -> external_id map (a valid
+                 --identity-map), conflicts, deletion requests, bad input lines
   summary.json   counts; written last, it marks a complete run
 
 Delivery credentials (with --deliver; options of the same names override them):
   AMPLITUDE_API_KEY; MIXPANEL_SERVICE_ACCOUNT_USERNAME, MIXPANEL_SERVICE_ACCOUNT_SECRET
   and MIXPANEL_PROJECT_ID, or MIXPANEL_API_SECRET; MPARTICLE_API_KEY and
   MPARTICLE_API_SECRET; SEGMENT_WRITE_KEY. See docs/delivery.md.
+
+PII: --pii hash needs CURRENTS_PII_SALT (the HMAC key). See docs/identity.md.
 
 Exit codes: 0 success; 1 run failed, --max-invalid-ratio exceeded or events not
 delivered (retries exhausted, credentials refused); 2 bad options/input; 3 another
@@ -302,7 +325,7 @@ def parser() -> argparse.ArgumentParser:
     """Our options; each also has its underscore spelling (``--batch_size``), as Beam's
     options and Dataflow Flex Template parameters (dataflow/metadata.json) have."""
     ap = argparse.ArgumentParser(
-        prog="python -m pipelines.currents_to_partners",
+        prog="python -m pipelines.currents_to_partners", allow_abbrev=False,
         description="Turn a raw Braze Currents export (Avro) into clean, deduplicated "
                     "events, a dead letter and a run summary.",
         epilog=HELP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -356,6 +379,60 @@ def parser() -> argparse.ArgumentParser:
                     type=float, default=None,
                     help="fail the run (exit 1, after writing everything) when "
                          "invalid/rows_read exceeds this ratio (default: off)")
+    ap.add_argument("--identity-map", "--identity_map", dest="identity_map", default=None,
+                    metavar="PATH",
+                    help="braze_id -> external_id map (local or gs:// file, folder or glob; "
+                         "CSV with header braze_id,external_id or NDJSON with those keys, "
+                         "as identity/map/ of an earlier run) used after the export's own "
+                         "evidence and profile merges; bad lines go to identity/errors/")
+    ap.add_argument("--deletions", default=None, metavar="PATH",
+                    help="deletion requests besides the export's users.UserDeleteRequest "
+                         "(CSV with a braze_id column or NDJSON with that key): those "
+                         "users' events reach no partner (skipped as user_deleted), listed "
+                         "in identity/deletions/")
+    ap.add_argument("--no-backfill-identities", "--no_backfill_identities",
+                    dest="no_backfill_identities", type=_flag, nargs="?", const=True,
+                    default=False,
+                    help="give partners only each event's own external_id (default: an "
+                         "event without one gets its braze_id's external_id from the "
+                         "identity map; see docs/identity.md)")
+    pii = ("keep", "hash", "drop")
+    ap.add_argument("--pii", default="keep", choices=pii,
+                    help="fields the catalogue marks [PII] (and unknown fields named like "
+                         "personal data, schemas/pii.json) in every output: keep, hash "
+                         "(HMAC-SHA256 keyed by $CURRENTS_PII_SALT, hex) or drop "
+                         "(default: keep)")
+    for output in ("events", *PARTNERS):
+        where = ("events/, dead_letter/ and duplicates/" if output == "events"
+                 else f"partners/{output}/")
+        ap.add_argument(f"--pii-{output}", f"--pii_{output}", dest=f"pii_{output}",
+                        default=None, choices=pii,
+                        help=f"--pii for {where} only (default: as --pii)")
+    ap.add_argument("--pii-identities", "--pii_identities", dest="pii_identities",
+                    type=_flag, nargs="?", const=True, default=False,
+                    help="apply --pii to the identity fields too (user_id, external_user_id, "
+                         "device_id; and identity/): hashing them changes attribution at "
+                         "the partners (default: off)")
+    ap.add_argument("--parquet-output", "--parquet_output", dest="parquet_output",
+                    default=None,
+                    help="also write the clean events as Parquet under this folder (local "
+                         "or gs://): event_type=<type>/date=<YYYY-MM-DD>/part-*.parquet, "
+                         "columns from the catalogue (docs/bigquery.md)")
+    ap.add_argument("--bigquery-dataset", "--bigquery_dataset", dest="bigquery_dataset",
+                    default=None,
+                    help="also write the clean events to BigQuery, PROJECT:DATASET: one "
+                         "table per event type (users_messages_email_Send), reruns add no "
+                         "rows (docs/bigquery.md)")
+    ap.add_argument("--bigquery-method", "--bigquery_method", dest="bigquery_method",
+                    default="file_loads",
+                    choices=("file_loads", "streaming_inserts", "storage_write_api"),
+                    help="how rows reach BigQuery (default: file_loads; load jobs from "
+                         "files under --temp_location, gs://); storage_write_api is not "
+                         "available yet (docs/bigquery.md)")
+    ap.add_argument("--bigquery-endpoint", "--bigquery_endpoint", dest="bigquery_endpoint",
+                    default=None,
+                    help="URL of a BigQuery-compatible endpoint (a local emulator, a "
+                         "private endpoint) instead of Google's")
     ap.add_argument("--state", default=None,
                     help="folder (local or gs://) remembering earlier runs: only .avro "
                          "files no committed run processed are read, outputs go to "
@@ -443,15 +520,58 @@ def _delivery_options(ap: argparse.ArgumentParser) -> None:
                  f"(default: {rps:g})")
 
 
+class OptionError(ValueError):
+    """An option neither ours nor Beam's (a typo, an abbreviation): exit 2 with a hint."""
+
+
+def beam_option_names(args: list[str]) -> tuple[set[str], list[str]]:
+    """Beam's registered option names (as ``--name``) and the arguments of ``args`` that
+    none of Beam's registered options accepts, both from the parser Beam itself builds
+    (``PipelineOptions.get_all_options``, which hands it to ``add_extra_args_fn``; it
+    does not accept abbreviations)."""
+    parsers: list[argparse.ArgumentParser] = []
+    names = {f"--{name}" for name in PipelineOptions([]).get_all_options(
+        add_extra_args_fn=parsers.append)}
+    _, unknown = parsers[0].parse_known_args(args)
+    return names, unknown
+
+
+def check_beam_args(beam_args: list[str], ours: list[str]) -> None:
+    """Raise OptionError for the first argument that is neither ours nor Beam's, naming
+    the closest valid options. Beam would only log a warning and drop it."""
+    names, unknown = beam_option_names(beam_args)
+    for arg in unknown:
+        if not arg.startswith("-"):
+            raise OptionError(f"unexpected argument {arg!r} (options are --name=value)")
+        name = arg.split("=", 1)[0]
+        close = difflib.get_close_matches(name, ours + sorted(names), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else "; see --help"
+        raise OptionError(f"unknown option {name}{hint}")
+
+
+def our_option_names(ap: argparse.ArgumentParser) -> list[str]:
+    """Every spelling of our options (``--batch-size`` and ``--batch_size``)."""
+    return sorted({s for action in ap._actions for s in action.option_strings
+                   if s.startswith("--")})
+
+
 def parse(argv: list[str] | None) -> tuple[RunConfig, list[str]]:
-    """Our options as a RunConfig, and the arguments left for Beam."""
-    args, beam_args = parser().parse_known_args(argv)
+    """Our options as a RunConfig, and the arguments left for Beam (each one a Beam
+    option, by its full name: anything else raises OptionError)."""
+    ap = parser()
+    args, beam_args = ap.parse_known_args(argv)
+    check_beam_args(beam_args, our_option_names(ap))
     values = vars(args)
     for dest, env in CREDENTIALS.items():
         if values[dest] is None and os.environ.get(env):
             values[dest] = os.environ[env]
         if values[dest] is not None and dest != "mixpanel_project_id":
             values[dest] = SecretStr(values[dest])  # masked in any error's repr
+    policies = tuple(values[k] or values["pii"] for k in
+                     ("pii", "pii_events", *(f"pii_{p}" for p in PARTNERS)))
+    if "hash" in policies:
+        from transforms.pii import salt_from_env
+        values["pii_salt"] = SecretStr(salt_from_env(policies))  # ValueError: no salt
     if values["input"] is None:
         values["input"] = bundled_sample()
         values["output"] = values["output"] or os.path.join(os.getcwd(), "output")
@@ -459,6 +579,8 @@ def parse(argv: list[str] | None) -> tuple[RunConfig, list[str]]:
         raise ValueError("--output is required when --input is given")
     if "://" not in values["output"]:
         values["output"] = str(Path(values["output"]).absolute())
+    if values["parquet_output"] and "://" not in values["parquet_output"]:
+        values["parquet_output"] = str(Path(values["parquet_output"]).absolute())
     if "://" not in values["input"]:
         values["input"] = str(Path(values["input"]).absolute())
     return RunConfig(**values), beam_args

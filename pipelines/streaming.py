@@ -14,6 +14,7 @@ import time
 from typing import Iterator
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindows, TimestampedValue
 from apache_beam.io import fileio
@@ -125,15 +126,14 @@ def run_streaming(cfg: RunConfig, beam_args: list[str]) -> int:
 
     from pipelines.currents_to_partners import _fail, _job_not_run_here, local_runner, \
         runs_locally
-    from pipelines.options import BeamOptions
-    options = BeamOptions(beam_args, save_main_session=False)
+    options = PipelineOptions(beam_args, save_main_session=False)
     local = runs_locally(options)
     if local and cfg.stop_after is None:
         return _fail("--streaming on a local runner needs --stop-after SECONDS (its "
                      "windows are written when the watch ends); run it unbounded on "
                      "Dataflow (--runner DataflowRunner)", 2)
     if not local:
-        options = BeamOptions([*beam_args, "--streaming"], save_main_session=False)
+        options = PipelineOptions([*beam_args, "--streaming"], save_main_session=False)
     print(f"Watching {cfg.input} every {cfg.poll_interval:g}s"
           + (f" for {cfg.stop_after:g}s" if cfg.stop_after is not None else "")
           + f"; {cfg.window:g}-minute windows under {cfg.output}/stream/", flush=True)

@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from schemas import warehouse
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_SEEDS = HERE.parent.parent / "shared" / "seeds"
 CATALOGUE = HERE / "catalogue.json"
@@ -346,15 +348,18 @@ def main(argv: list[str] | None = None) -> int:
     outputs = {CATALOGUE: _dump(catalogue), TEMPLATES: _dump(templates)}
     for partner, mapping in build_mappings(catalogue, templates["event_types"], base).items():
         outputs[PARTNER_DIR / f"{partner}.json"] = _dump(mapping)
+    outputs.update(warehouse.files(catalogue))  # schemas/bigquery/
     if args.check:
         stale = [p.name for p, text in outputs.items()
                  if not p.exists() or p.read_text(encoding="utf-8") != text]
+        stale += warehouse.stale(warehouse.BIGQUERY_DIR, outputs)
         if stale:
             print(f"out of date with the seeds: {', '.join(stale)}", file=sys.stderr)
             return 1
         print("schemas match the seeds")
         return 0
     for path, text in outputs.items():
+        path.parent.mkdir(exist_ok=True)
         path.write_text(text, encoding="utf-8")
     cat = json.loads(outputs[CATALOGUE])
     print(f"wrote {CATALOGUE.name}: {len(cat['event_types'])} event types; {TEMPLATES.name}; "

@@ -10,11 +10,10 @@ os.environ.setdefault("GCE_METADATA_IP", "127.0.0.1:1")    # (the ping google-au
 
 import pytest  # noqa: E402
 
-
 from schemas.catalogue import load_catalogue  # noqa: E402
 
-# S3 and Azure emulators; imitations of the partner APIs
-pytest_plugins = ["tests.fixtures_storage", "tests.fake_partners"]
+# S3, Azure and BigQuery emulators; imitations of the partner APIs
+pytest_plugins = ["tests.fixtures_storage", "tests.fake_partners", "tests.fixtures_bigquery"]
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = REPO.parent / "shared" / "seeds"
@@ -85,10 +84,11 @@ def collect(tmp_path):
 class GcsEmulator:
     """A gcp-storage-emulator process on 127.0.0.1 and an anonymous client for it."""
 
-    def __init__(self, endpoint: str):
+    def __init__(self, endpoint: str, root: Path):
         from google.auth.credentials import AnonymousCredentials
         from google.cloud import storage
         self.endpoint = endpoint
+        self.root = root  # objects are files here: <root>/<bucket>/<name>
         self.client = storage.Client(project="test", credentials=AnonymousCredentials())
 
     def bucket(self, name: str):
@@ -135,11 +135,12 @@ def gcs_emulator(tmp_path_factory):
     import urllib.request
     port = _free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("gcs-emulator") / "emulator.log"
-    with open(log, "wb") as out:
+    folder = tmp_path_factory.mktemp("gcs-emulator")
+    log = folder / "emulator.log"
+    with open(log, "wb") as out:  # on disk: the BigQuery emulator reads load files there
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
-             "--port", str(port), "--in-memory"],
+            [sys.executable, "-m", "gcp_storage_emulator", "--data-dir", str(folder / "data"),
+             "start", "--host", "127.0.0.1", "--port", str(port)],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
@@ -151,11 +152,18 @@ def gcs_emulator(tmp_path_factory):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"GCS emulator did not start: {log.read_text()}")
                 time.sleep(0.2)
-        saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "NO_GCE_CHECK")}
-        os.environ.update(STORAGE_EMULATOR_HOST=endpoint, NO_GCE_CHECK="True")
+        from tests.gcs_credentials import LoopbackCredentials
+        credentials = LoopbackCredentials(log.parent)  # see tests/gcs_credentials.py
+        saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "NO_GCE_CHECK",
+                                                "GOOGLE_APPLICATION_CREDENTIALS",
+                                                "GOOGLE_CLOUD_PROJECT")}
+        os.environ.update(STORAGE_EMULATOR_HOST=endpoint, NO_GCE_CHECK="True",
+                          GOOGLE_APPLICATION_CREDENTIALS=str(credentials.path),
+                          GOOGLE_CLOUD_PROJECT="emulator")
         try:
-            yield GcsEmulator(endpoint)
+            yield GcsEmulator(endpoint, folder / "data" / ".cloudstorage")
         finally:
+            credentials.close()
             for key, value in saved.items():
                 if value is None:
                     os.environ.pop(key, None)

@@ -42,10 +42,19 @@ def test_batch_coder_round_trips_and_estimates_without_walking_every_row():
     assert 0.2 < estimate / len(coder.encode(batch)) < 5
 
 
-def test_batch_hints_still_accept_plain_tuples_and_reject_other_types():
-    from apache_beam.typehints import Tuple, List, Dict, Any, Optional, typehints
-    from transforms.types import RowBatch
-    plain = Tuple[str, str, int, List[Dict[str, Any]], Optional[Dict[int, Tuple[str, str]]],
-                  Optional[Tuple[str, ...]]]
-    assert typehints.is_consistent_with(plain, RowBatch)
-    assert not typehints.is_consistent_with(str, RowBatch)
+def test_batch_types_are_checked_when_the_pipeline_is_built():
+    """Plain tuples of the same fields compose; a batch of the wrong kind fails at
+    construction, before anything runs."""
+    import pytest
+    from apache_beam.typehints.decorators import TypeCheckError
+
+    from transforms import DeduplicateEvents
+    with TestPipeline() as p:
+        shards = p | beam.Create([(0, [dumps({"id": "1", "event_type": CLICK})])])
+        assert_that(shards | ParseEvents(), equal_to([{"id": "1", "event_type": CLICK}]))
+        rows = [{**make_record(CLICK, seed=1), "event_type": CLICK}]
+        valid = (p | "Rows" >> beam.Create(rows) | ToRowBatches() | ValidateEvents()).valid
+        events = (valid | DeduplicateEvents()).events
+        with pytest.raises(TypeCheckError, match="Again"):
+            # events (ShardLines) are not validated batches (ValidBatch)
+            events | "Again" >> DeduplicateEvents()

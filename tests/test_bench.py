@@ -3,9 +3,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 
+@pytest.mark.slow
 def test_benchmark_runs_all_four_jobs_on_a_generated_export(tmp_path):
     result_file = tmp_path / "bench.json"
     done = subprocess.run(

@@ -84,3 +84,44 @@ def test_shard_of_is_stable():
     assert shard_of("users.messages.email.Click", "abc", 1000) == shard_of(
         "users.messages.email.Click", "abc", 1000)
     assert shard_of("users.messages.email.Click", "abc", 1000) == 362
+
+
+def test_windowed_input_is_deduplicated_per_window_and_keeps_its_windows(tmp_path):
+    """Batches in two hourly windows: copies within a window collapse, the same event in
+    the other window survives there; every output is in its input's window, at its end
+    (the runner keeps the end of the window to the millisecond)."""
+    from apache_beam.transforms.window import FixedWindows, IntervalWindow, TimestampedValue
+
+    hour = 3600
+    batches = [  # (batch, event time)
+        (("a.avro", [_item(0, "t.A", "1", v=1), _item(1, "t.A", "1", v=1)]), 10),
+        (("b.avro", [_item(0, "t.A", "1", v=1), _item(1, "t.A", "2", v=2)]), hour + 10),
+        (("c.avro", [_item(0, "t.A", "2", v=2)]), hour + 20),
+    ]
+    for spill_dir in (None, str(tmp_path)):
+        with TestPipeline() as p:
+            out = (p | beam.Create(batches) | beam.Map(lambda bt: TimestampedValue(*bt))
+                   | beam.WindowInto(FixedWindows(hour)) | DeduplicateEvents(2, spill_dir))
+
+            def ids(shard_lines, window=beam.DoFn.WindowParam,
+                    timestamp=beam.DoFn.TimestampParam):
+                for line in shard_lines[1]:
+                    event = orjson.loads(line)
+                    at_end = 0 < window.end.micros - timestamp.micros <= 1000  # (ms)
+                    yield (window, at_end, event["id"])
+
+            first, second = IntervalWindow(0, hour), IntervalWindow(hour, 2 * hour)
+            assert_that(out.events | "Events" >> beam.FlatMap(ids), equal_to([
+                (first, True, "1"), (second, True, "1"), (second, True, "2")]),
+                label="events")
+            assert_that(out.duplicates | "Dups" >> beam.FlatMap(ids), equal_to([
+                (first, True, "1"), (second, True, "2")]), label="duplicates")
+
+
+def test_constructor_arguments_are_checked_where_the_pipeline_is_built():
+    import pytest
+    for bad in (0, -1, 1.5, "8", True):
+        with pytest.raises(ValueError, match="num_shards"):
+            DeduplicateEvents(bad)
+    with pytest.raises(ValueError, match="spill_dir"):
+        DeduplicateEvents(4, spill_dir="")

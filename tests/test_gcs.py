@@ -46,7 +46,7 @@ def single_process(export, tmp_path_factory) -> dict[str, bytes]:
 
 def test_the_reference_run_fills_every_output_folder(single_process):
     folders = {name.rsplit("/", 1)[0] for name in single_process if "/" in name}
-    assert folders == {"events", "dead_letter", "duplicates", "file_errors",
+    assert folders == {"events", "dead_letter", "duplicates", "file_errors", "identity/map",
                        *(f"partners/{p}{sub}" for p in ("amplitude", "mixpanel", "mparticle",
                                                         "segment") for sub in ("", "/_skipped"))}
     summary = json.loads(single_process["summary.json"])
@@ -91,8 +91,8 @@ def test_gs_input_without_avro_files_is_one_clear_line(gcs_emulator, gcs_run, ca
 def test_gs_rerun_from_the_cli_with_two_worker_processes(gcs_emulator, gcs_run,
                                                          single_process, tmp_path):
     """The command a user types, again into the same gs:// output (replaced in place), with
-    worker processes that must also reach the emulator anonymously: they get
-    STORAGE_EMULATOR_HOST from the environment and the setting through --beam_plugins."""
+    worker processes that must also reach the emulator: they get STORAGE_EMULATOR_HOST
+    and the loopback credentials (tests/gcs_credentials.py) from the environment."""
     import os
     import subprocess
     import sys
@@ -104,7 +104,7 @@ def test_gs_rerun_from_the_cli_with_two_worker_processes(gcs_emulator, gcs_run,
         cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Done in" in proc.stdout
-    assert "credentials" not in proc.stderr.lower()  # no ADC lookup, no anonymous fallback
+    assert "credentials" not in proc.stderr.lower()  # ADC found at once, no fallback
     assert "WARN" not in proc.stderr  # Beam's relayed worker start-up warnings are muted
     gcs_emulator.download_tree("currents-out", "run", tmp_path)
     assert output_files(tmp_path, "gs://currents-in/export/2026") == single_process

@@ -147,6 +147,8 @@ def newer_run(tmp_path_factory):
     for event_type in NEWER_TYPES:
         rows = [newer_record(event_type, 1),
                 newer_record(event_type, 2, external_user_id=None)]
+        if event_type == "users.UserDeleteRequest":  # not the users of the other rows
+            rows = [newer_record(event_type, n, user_id=f"deleted-{n}") for n in (1, 2)]
         write_newer(export_path(root, event_type), event_type, rows)
     out = tmp / "out"
     assert run(["--input", str(root), "--output", str(out), "--mixpanel-token", "tok",

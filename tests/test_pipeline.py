@@ -1,6 +1,5 @@
 """The whole pipeline and its command line, on the bundled sample and on small exports."""
 import json
-import os
 import subprocess
 import sys
 from collections import Counter
@@ -51,8 +50,11 @@ def test_sample_run_outputs_and_summary(sample_run, catalogue):
     anonymous = sum(1 for e in events if e.get("external_user_id") is None)
     assert anonymous > 0.2 * len(events)
     not_sent = ("users.RandomBucketNumberUpdate", "users.UserOrphan")  # their type's reason
+    # partners take the external_id the identity map resolved (docs/identity.md)
     assert summary["partners"]["mixpanel"]["not_eligible"] == sum(
-        1 for e in events if e.get("external_user_id") is None and e["event_type"] not in not_sent)
+        1 for e in events if e["resolved_external_user_id"] is None
+        and e["event_type"] not in not_sent)
+    assert summary["identity"]["backfilled_export"] > 0
     for p in summary["partners"].values():
         assert p["eligible"] + p["not_eligible"] == summary["valid"]
     # the newer schema's extra field is kept
@@ -185,20 +187,16 @@ def test_max_invalid_ratio_fails_after_writing_everything(tmp_path, capsys):
 
 
 def test_shards_and_local_workers_follow_the_input_size():
-    from pipelines.currents_to_partners import (FORKED_PARALLEL_BYTES, MIN_SHARDS,
-                                                PARALLEL_BYTES, SHARD_BYTES, auto_shards,
-                                                local_parallelism)
+    from pipelines.currents_to_partners import (MIN_SHARDS, PARALLEL_BYTES, SHARD_BYTES,
+                                                auto_shards, local_parallelism)
     assert auto_shards(0) == MIN_SHARDS
     assert auto_shards(100 * SHARD_BYTES) == 100
     assert auto_shards(100 * SHARD_BYTES + 1) == 101
     assert local_parallelism([], PARALLEL_BYTES - 1) == []  # small: one process
-    # forked workers cost less: smaller exports get them
-    assert FORKED_PARALLEL_BYTES < PARALLEL_BYTES
-    assert local_parallelism([], FORKED_PARALLEL_BYTES - 1, forked=True) == []
-    assert local_parallelism([], FORKED_PARALLEL_BYTES, forked=True) == local_parallelism(
-        [], PARALLEL_BYTES)
     assert local_parallelism([], PARALLEL_BYTES) == [
         "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+    assert local_parallelism(["--runner=FnApiRunner"], PARALLEL_BYTES)[-1] == (
+        "--direct_running_mode=multi_processing")
     for chosen in (["--direct_num_workers=1"], ["--direct_running_mode", "in_memory"],
                    ["--runner", "DataflowRunner"]):
         assert local_parallelism(chosen, PARALLEL_BYTES) == chosen
@@ -245,7 +243,7 @@ def test_a_run_without_a_runner_never_tries_prism(tmp_path, monkeypatch):
     """The DirectRunner would first try Prism, downloading it from GitHub on every run."""
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.runners.direct import direct_runner
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
     from pipelines.currents_to_partners import local_runner
 
@@ -256,12 +254,36 @@ def test_a_run_without_a_runner_never_tries_prism(tmp_path, monkeypatch):
     out = tmp_path / "out"
     assert run(["--input", str(bundled_sample()), "--output", str(out), *WITH_TOKEN]) == 0
     assert json.loads((out / "summary.json").read_text())["conservation_ok"]
-    assert isinstance(local_runner(PipelineOptions([])), fn_runner.FnApiRunner)
+    assert type(local_runner(PipelineOptions([]))) is FnApiRunner  # Beam's own class
+    assert type(local_runner(PipelineOptions(["--runner=FnApiRunner"]))) is FnApiRunner
     assert local_runner(PipelineOptions(["--runner", "DirectRunner"])) is None  # chosen
 
 
+def test_local_worker_processes_are_beams_own_and_get_the_pipeline_options():
+    """Beam's harness (its own entry point) in each worker, and the options it runs with
+    (e.g. for gs:// clients in the workers) are the run's."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipelines.currents_to_partners import local_runner
+
+    class _Seen(beam.DoFn):
+        def process(self, _):
+            import os as o
+            import sys as s
+            yield (s.modules["__main__"].__spec__.name,
+                   "seen-by-workers" in o.environ.get("PIPELINE_OPTIONS", ""))
+
+    options = PipelineOptions(["--direct_num_workers=2", "--job_name=seen-by-workers",
+                               "--direct_running_mode=multi_processing"])
+    with beam.Pipeline(runner=local_runner(options), options=options) as p:
+        seen = p | beam.Create(range(4)) | beam.ParDo(_Seen())
+        assert_that(seen, equal_to([("apache_beam.runners.worker.sdk_worker_main",
+                                     True)] * 4))
+
+
 def test_the_command_exits_with_the_run_s_code_and_prints_everything(tmp_path):
-    """main() ends with os._exit: the exit code and every line printed must survive it."""
     import subprocess
     import sys
     cmd = [sys.executable, "-m", "pipelines.currents_to_partners", "--input",
@@ -276,71 +298,58 @@ def test_the_command_exits_with_the_run_s_code_and_prints_everything(tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("error: ")
 
 
-def test_local_worker_processes_run_beams_harness_from_our_entry_point():
-    """Local workers start from pipelines.local_worker (it exits without teardown)."""
+@pytest.mark.parametrize("typo, hint", [
+    (["--partner", "amplitude"], "--partners"),  # an abbreviation of ours
+    (["--batch-siz", "10"], "--batch-size"),
+    (["--mixpanel-tokn", "x"], "--mixpanel-token"),
+    (["--direct_num_worker=1"], "--direct_num_workers"),  # a misspelt Beam option
+    (["--runer", "FnApiRunner"], "--runner"),
+])
+def test_a_typo_in_an_option_exits_2_naming_the_closest_option(typo, hint, tmp_path,
+                                                               capsys):
+    assert run(["--output", str(tmp_path / "out"), *WITH_TOKEN, *typo]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: unknown option {typo[0].split('=')[0]}; ")
+    assert err.rstrip().endswith(f"did you mean {hint}?")
+    assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_beam_options_pass_by_their_full_names_and_stray_words_are_errors(capsys):
+    from pipelines.options import parse
+    beam_args = ["--direct_num_workers=1", "--runner", "FnApiRunner",
+                 "--experiment=use_runner_v2", "--no_auth"]
+    _, passed = parse(["--partners", "", *beam_args])
+    assert passed == beam_args
+    assert run(["--partners", "", "stray"]) == 2
+    assert "unexpected argument 'stray'" in capsys.readouterr().err
+
+
+def test_our_transforms_leave_the_garbage_collector_alone():
+    """No process-wide switch: a user's step fused after ours sees the collector as the
+    user left it, on or off."""
     import gc
 
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.testing.util import assert_that, equal_to
 
-    from pipelines.currents_to_partners import local_runner
+    from transforms import DeduplicateEvents, ValidateEvents
+    from transforms.types import RowBatch
 
-    options = PipelineOptions(["--direct_num_workers=2",
-                               "--direct_running_mode=multi_processing"])
-    with beam.Pipeline(runner=local_runner(options), options=options) as p:
-        mains = (p | beam.Create(range(4))
-                 | beam.Map(lambda _: (sys.modules["__main__"].__spec__.name,
-                                       gc.isenabled(), gc.get_freeze_count() > 0)))
-        # ... with Beam's objects frozen, and the collector back on for the work
-        assert_that(mains, equal_to([("pipelines.local_worker", True, True)] * 4))
-
-
-def test_the_local_worker_entry_point_keeps_the_harness_exit_code_and_traceback():
-    """Without a runner to talk to, Beam's harness fails: the code and reason survive."""
-    env = {k: v for k, v in os.environ.items()
-           if k != "CONTROL_API_SERVICE_DESCRIPTOR"}
-    done = subprocess.run([sys.executable, "-m", "pipelines.local_worker"], env=env,
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert done.returncode == 1
-    assert "KeyError: 'CONTROL_API_SERVICE_DESCRIPTOR'" in done.stderr
-
-
-def test_the_command_runs_with_the_collector_on_and_its_imports_frozen():
-    """The command imports Beam with the collector off: run() must find it back on.
-    It also keeps numpy's BLAS to one thread (the workers inherit it)."""
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
-    code = "\n".join([
-        "import gc, runpy, sys", "import pipelines.options as o",
-        "def parse(argv):",
-        "    print('collector', gc.isenabled(), gc.get_freeze_count() > 10000)",
-        "    print('openblas threads', __import__('os').environ['OPENBLAS_NUM_THREADS'])",
-        "    raise ValueError('stop here')",
-        "o.parse = parse", "sys.argv = ['currents']",
-        "runpy.run_module('pipelines.currents_to_partners', run_name='__main__')"])
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, cwd=REPO, env=env)
-    assert done.returncode == 2 and "error: stop here" in done.stderr
-    assert done.stdout.split("\n")[:2] == ["collector True True", "openblas threads 1"]
-
-
-def test_beam_options_reuse_each_view_and_share_its_values():
-    """BeamOptions makes one view per options class (Beam asks for many): the same
-    values as PipelineOptions' fresh views, writes seen by every view, picklable."""
-    import pickle
-
-    from apache_beam.options.pipeline_options import (DirectOptions, PipelineOptions,
-                                                      StandardOptions)
-
-    from pipelines.options import BeamOptions
-    args = ["--direct_num_workers=2", "--runner", "FnApiRunner", "--job_name", "j"]
-    options, plain = BeamOptions(args), PipelineOptions(args)
-    assert options.view_as(StandardOptions) is options.view_as(StandardOptions)
-    assert options.get_all_options() == plain.get_all_options()
-    assert options.view_as(DirectOptions).direct_num_workers == 2
-    options.view_as(StandardOptions).streaming = True
-    assert options.get_all_options()["streaming"] and options.view_as(
-        StandardOptions).streaming
-    copy = pickle.loads(pickle.dumps(options))
-    assert copy.get_all_options() == options.get_all_options()
-    assert "_views" not in pickle.loads(pickle.dumps(options)).__dict__
+    rows = [make_record(CLICK, seed=i) for i in range(20)]
+    was = gc.isenabled()
+    try:
+        for enabled in (True, False):
+            (gc.enable if enabled else gc.disable)()
+            with beam.Pipeline("FnApiRunner", options=PipelineOptions([])) as p:
+                valid = (p | beam.Create([RowBatch(CLICK, "f.avro", 0, rows, None)])
+                         | ValidateEvents()).valid
+                seen = (valid | "After validate" >> beam.Map(lambda _: gc.isenabled()),
+                        (valid | DeduplicateEvents(2)).events | beam.Map(lambda _: gc.isenabled()))
+                assert_that(seen[0] | "One" >> beam.Distinct(), equal_to([enabled]),
+                            label="validate")
+                assert_that(seen[1] | "Two" >> beam.Distinct(), equal_to([enabled]),
+                            label="dedup")
+            assert gc.isenabled() == enabled
+    finally:
+        (gc.enable if was else gc.disable)()

@@ -20,11 +20,12 @@ from transforms.identities import ResolveIdentities, resolve_identity
 from transforms.partners import FormatForPartner, PartnerFormatter, explain_mapping
 from transforms.read import ReadCurrentsExport
 from transforms.sinks import WriteShards
+from transforms.summary import StatsToMetrics
 from transforms.validate import ValidateEvents
 
 __all__ = [
     "ReadCurrentsExport", "ValidateEvents", "DeduplicateEvents", "ResolveIdentities",
     "FormatForPartner", "FormatForPartners", "ParseEvents", "ToRowBatches", "WriteShards",
     "resolve_identity", "PartnerFormatter", "explain_mapping",
-    "DeliverToPartner", "DeliveryConfig",
+    "DeliverToPartner", "DeliveryConfig", "StatsToMetrics",
 ]

@@ -11,10 +11,11 @@ from typing import Any, Dict, Iterable, Iterator, Tuple
 import apache_beam as beam
 
 from transforms import codec
-from transforms.types import RowBatch, ShardLines
+from transforms.checks import non_empty_str, positive_int
+from transforms.types import RowBatch, ShardLinesIn
 
 
-@beam.typehints.with_input_types(ShardLines)
+@beam.typehints.with_input_types(ShardLinesIn)
 @beam.typehints.with_output_types(Dict[str, Any])
 class ParseEvents(beam.PTransform):
     """ShardLines ``(shard, [canonical_json])`` -> one event dict per element."""
@@ -31,10 +32,10 @@ def _to_batches(element: Tuple[str, Iterable[Dict[str, Any]]], source: str,
     for row in rows:
         batch.append(row)
         if len(batch) >= batch_size:
-            yield (event_type, source, first, batch, None, None)
+            yield RowBatch(event_type, source, first, batch, None, None)
             first, batch = first + len(batch), []
     if batch:
-        yield (event_type, source, first, batch, None, None)
+        yield RowBatch(event_type, source, first, batch, None, None)
 
 
 @beam.typehints.with_input_types(Dict[str, Any])
@@ -48,7 +49,8 @@ class ToRowBatches(beam.PTransform):
 
     def __init__(self, source: str = "pcollection", batch_size: int = 2000):
         super().__init__()
-        self._source, self._batch_size = source, batch_size
+        self._source = non_empty_str("source", source)
+        self._batch_size = positive_int("batch_size", batch_size)
 
     def expand(self, rows):
         return (rows

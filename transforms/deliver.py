@@ -36,8 +36,7 @@ import apache_beam as beam
 import orjson
 from apache_beam.metrics import Metrics
 
-from transforms.gcpause import paused_gc
-from transforms.types import STATS, ShardLines
+from transforms.types import STATS, ShardLines, ShardLinesIn
 
 FAILED = "failed"
 
@@ -420,8 +419,7 @@ class _Send(beam.DoFn):
         if self._key_rate is None:
             self._deliver(out, payloads)
         else:  # each id's events in rounds of at most the rate, a second apart
-            with paused_gc():  # a parsed dict per payload, freed at once
-                keys = [self._key_rate.keys(p) for p in payloads]
+            keys = [self._key_rate.keys(p) for p in payloads]
             out.keys = {id(p): k for p, k in zip(payloads, keys)}
             for indexes in self._key_rate.rounds(keys):
                 self._deliver(out, [payloads[i] for i in indexes])
@@ -562,7 +560,7 @@ class _Send(beam.DoFn):
         raise AssertionError("unreachable")  # tenacity re-raises the last error
 
 
-@beam.typehints.with_input_types(ShardLines)
+@beam.typehints.with_input_types(ShardLinesIn)
 class DeliverToPartner(beam.PTransform):
     """Send a partner's payloads to its bulk ingestion API.
 

@@ -19,7 +19,7 @@ from transforms.identities import CHUNK
 from transforms.mapping import event_spec, validate_overrides
 from transforms.partners import (PARTNERS, compile_partners, delivery_stats, load_mapping,
                                 skipped_lines)
-from transforms.types import STATS, ShardLines
+from transforms.types import STATS, ShardLines, ShardLinesIn
 
 
 def skipped_tag(partner: str) -> str:
@@ -115,7 +115,7 @@ class _FormatAll(beam.DoFn):
         yield beam.pvalue.TaggedOutput(STATS, stats)
 
 
-@beam.typehints.with_input_types(ShardLines)
+@beam.typehints.with_input_types(ShardLinesIn)
 class FormatForPartners(beam.PTransform):
     """Format deduplicated events for several partners at once.
 

@@ -18,8 +18,7 @@ from typing import Any, Iterator, NamedTuple, Union
 import apache_beam as beam
 
 from transforms import codec
-from transforms.gcpause import paused_gc
-from transforms.types import STATS, IdentifiedBatch, Record, ShardLines
+from transforms.types import STATS, IdentifiedBatch, Record, ShardLines, ShardLinesIn
 
 PARTNERS = ("amplitude", "mixpanel", "mparticle", "segment")
 
@@ -43,26 +42,40 @@ class IdentityRule(NamedTuple):
     reason: str
 
 
+# The external_id partners get: the event's own, or the one the identity map resolved for
+# its braze_id (transforms.identity_map adds this field to every event). A record that
+# did not go through that step falls back to the Currents field (FALLBACK).
+RESOLVED = "resolved_external_user_id"
+FALLBACK = {RESOLVED: "external_user_id"}
+
+
+def identity_value(record: Record, field: str) -> Any:
+    """``record[field]``, or its FALLBACK field's value when the record lacks ``field``."""
+    if field in FALLBACK and field not in record:
+        field = FALLBACK[field]
+    return record.get(field)
+
+
 IDENTITY_RULES: dict[str, IdentityRule] = {
-    "amplitude": IdentityRule({"user_id": "external_user_id", "device_id": "device_id"},
-                              ("external_user_id", "device_id"),
+    "amplitude": IdentityRule({"user_id": RESOLVED, "device_id": "device_id"},
+                              (RESOLVED, "device_id"),
                               "no_external_id_or_device_id"),
-    "mixpanel": IdentityRule({"distinct_id": "external_user_id"}, ("external_user_id",),
+    "mixpanel": IdentityRule({"distinct_id": RESOLVED}, (RESOLVED,),
                              "no_external_id"),
-    "mparticle": IdentityRule({"customerid": "external_user_id"}, ("external_user_id",),
+    "mparticle": IdentityRule({"customerid": RESOLVED}, (RESOLVED,),
                               "no_external_id"),
     # Segment takes a track call with userId or anonymousId (either is enough)
-    "segment": IdentityRule({"anonymousId": "user_id", "userId": "external_user_id"},
-                            ("user_id", "external_user_id"), "no_braze_id_or_external_id"),
+    "segment": IdentityRule({"anonymousId": "user_id", "userId": RESOLVED},
+                            ("user_id", RESOLVED), "no_braze_id_or_external_id"),
 }
 
 
 def resolve_identity(partner: str, record: Record) -> Identity:
     """The identity ``partner`` would use for ``record``, or why it cannot be sent."""
     rule = IDENTITY_RULES[partner]
-    if not any(_present(record.get(field)) for field in rule.needs_any):
+    if not any(_present(identity_value(record, field)) for field in rule.needs_any):
         return rule.reason
-    return {key: value if _present(value := record.get(field)) else None
+    return {key: value if _present(value := identity_value(record, field)) else None
             for key, field in rule.keys.items()}
 
 
@@ -80,16 +93,15 @@ class _Resolve(beam.DoFn):
         # events, not the whole shard.
         for start in range(0, len(lines), self._chunk):
             out = []
-            with paused_gc():
-                for line in lines[start:start + self._chunk]:
-                    record = loads(line)
-                    identities = {}
-                    for partner, rule in rules:
-                        identity = identities[partner] = rule(record)
-                        if type(identity) is str:
-                            not_eligible[partner, identity] += 1
-                    out.append((record, identities))
-                yield shard, out
+            for line in lines[start:start + self._chunk]:
+                record = loads(line)
+                identities = {}
+                for partner, rule in rules:
+                    identity = identities[partner] = rule(record)
+                    if type(identity) is str:
+                        not_eligible[partner, identity] += 1
+                out.append((record, identities))
+            yield shard, out
         yield beam.pvalue.TaggedOutput(STATS, eligibility_stats(
             self._partners, len(lines), not_eligible))
 
@@ -106,7 +118,7 @@ def eligibility_stats(partners: tuple[str, ...], events: int,
     return stats
 
 
-@beam.typehints.with_input_types(ShardLines)
+@beam.typehints.with_input_types(ShardLinesIn)
 class ResolveIdentities(beam.PTransform):
     """Attach each partner's identity to each event.
 

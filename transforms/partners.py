@@ -16,8 +16,9 @@ run option (token, environment). Rules that hold for every partner, in one place
   with ``forward_new_fields``, never over a mapped key; otherwise they are counted per
   field as ``new_fields_held_back``.
 - An event is skipped, with the first reason that applies: its type is not sent to the
-  partner (``storage_only_event``, ``no_mapping_for_event_type``, an override), the
-  partner's identity rule refuses it (counted as ``not_eligible`` too), or a key the
+  partner (``storage_only_event``, ``no_mapping_for_event_type``, an override), its user
+  asked to be deleted (``user_deleted``, ``transforms.identity_map``), the partner's
+  identity rule refuses it (counted as ``not_eligible`` too), or a key the
   partner's API requires has no value (``missing_required:<key>``).
 
 ``FormatForPartner`` (one partner) is a view of ``FormatForPartners`` (``fanout.py``).
@@ -37,7 +38,8 @@ import apache_beam as beam
 import orjson
 
 from transforms import codec
-from transforms.identities import IDENTITY_RULES, PARTNERS
+from transforms.identities import FALLBACK, IDENTITY_RULES, PARTNERS
+from transforms.identity_map import ADDED_FIELDS, DELETED_REASON
 from transforms.mapping import NO_MAPPING, event_spec, load_mapping  # noqa: F401
 
 SkippedEvent = tuple  # (event_type, id, reason)
@@ -220,13 +222,15 @@ def compile_partners(event_type: str, partners: tuple[str, ...], mappings: dict[
         if not spec["sendable"]:
             body.append(f"S{n}((ET, g('id'), {spec['reason']!r}))")
             continue
-        known_set = frozenset(spec["known_fields"]) | {"event_type"}
+        known_set = frozenset(spec["known_fields"]) | {"event_type", *ADDED_FIELDS}
         known = knowns.setdefault(known_set, f"KNOWN{len(knowns)}")
         code, required = _mapping_code(
             event_type, spec, partner, mappings[partner], config, const, value_of,
             lambda key: f"({value_of(rule.keys[key])} if {present(rule.keys[key])} else None)",
             f"x{known[5:]}", known, forward_new_fields)
-        body += [f"if not ({' or '.join(present(f) for f in rule.needs_any)}):",
+        body += ["if D:",  # a deletion request (transforms.identity_map): not sent
+                 f"    S{n}((ET, g('id'), {DELETED_REASON!r}))",
+                 f"elif not ({' or '.join(present(f) for f in rule.needs_any)}):",
                  f"    C[{const(f'partners/{partner}/not_eligible/{rule.reason}')}] += 1",
                  f"    S{n}((ET, g('id'), {rule.reason!r}))", "else:",
                  *_indented(code, 4)]
@@ -234,7 +238,9 @@ def compile_partners(event_type: str, partners: tuple[str, ...], mappings: dict[
                  for i, (var, key, why) in enumerate(required)]
         body.append(f"    {'else: ' if required else ''}P{n}(dumps(c0))")
     head = ["def build(r, C):", "    g = r.get"]
-    head += [f"    {var} = g({field!r})" for field, var in local.items()]
+    head.append("    D = g('user_deleted')")  # under a deletion request
+    head += [f"    {var} = g({field!r}, g({FALLBACK[field]!r}))" if field in FALLBACK
+             else f"    {var} = g({field!r})" for field, var in local.items()]
     for known_set, name in knowns.items():
         namespace[name] = known_set
         head.append(f"    x{name[5:]} = not {name}.issuperset(r)")

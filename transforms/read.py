@@ -18,6 +18,7 @@ import fastavro
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.checks import non_empty_str, positive_int
 from transforms.types import FILE_REPORTS, FileReport, RowBatch
 
 # Rows per element: Beam pays per element, and a worker holds about one batch of
@@ -206,8 +207,8 @@ class _ReadAvroFile(beam.DoFn):
             if frame is not None and frame.height:
                 report["rows"] = frame.height
                 for first in range(0, frame.height, self._batch_size):
-                    yield (event_type, path, first, frame.slice(first, self._batch_size),
-                           None, nulls)
+                    yield RowBatch(event_type, path, first,
+                                   frame.slice(first, self._batch_size), None, nulls)
                 return
             fo.seek(0)  # the same stream as always: fastavro's errors depend on it
             reader = fastavro.block_reader(fo)
@@ -250,7 +251,7 @@ class _ReadAvroFile(beam.DoFn):
     def _batch(event_type, path, first, batch, problems, mismatch, nulls) -> RowBatch:
         if mismatch:
             problems = {i: mismatch for i in range(len(batch))}
-        return (event_type, path, first, batch, problems or None, nulls)
+        return RowBatch(event_type, path, first, batch, problems or None, nulls)
 
 
 def _strings_as_bytes(schema: Any) -> Any:
@@ -349,8 +350,8 @@ class ReadCurrentsExport(beam.PTransform):
                  files: list[str] | None = None):
         super().__init__()
         self._files = files  # these files only (incremental runs), not all under path
-        self._pattern = export_pattern(path)
-        self._batch_size = batch_size
+        self._pattern = export_pattern(non_empty_str("path", path))
+        self._batch_size = positive_int("batch_size", batch_size)
         self._as_frames = as_frames
 
     def expand(self, pbegin):

@@ -16,7 +16,8 @@ from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import codec
-from transforms.types import ShardLines
+from transforms.checks import non_empty_str, positive_int
+from transforms.types import ShardLines, ShardLinesIn
 
 SUMMARY = "summary.json"
 TEMPORARY = "_temporary"
@@ -84,7 +85,7 @@ class _WriteShard(beam.DoFn):
         self._shard, self._file = None, None
 
 
-@beam.typehints.with_input_types(ShardLines)
+@beam.typehints.with_input_types(ShardLinesIn)
 class WriteShards(beam.PTransform):
     """ShardLines -> one file per shard under ``<temp_dir>/<folder>/``; outputs relative paths.
 
@@ -93,7 +94,8 @@ class WriteShards(beam.PTransform):
 
     def __init__(self, temp_dir: str, folder: str, num_shards: int):
         super().__init__()
-        self._args = (temp_dir, folder, num_shards)
+        self._args = (non_empty_str("temp_dir", temp_dir), non_empty_str("folder", folder),
+                      positive_int("num_shards", num_shards))
 
     def expand(self, shard_lines):
         return shard_lines | "Write" >> beam.ParDo(_WriteShard(*self._args))
@@ -115,7 +117,7 @@ class ShardRecords(beam.PTransform):
 
         def to_lines(element: tuple[int, Iterable[Any]]) -> ShardLines:
             shard, items = element
-            return shard, [codec.dumps(r) for r in sorted(items, key=sort_key)]
+            return ShardLines(shard, [codec.dumps(r) for r in sorted(items, key=sort_key)])
 
         return (
             records

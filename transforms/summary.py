@@ -3,13 +3,16 @@
 Each step emits flat counters (``{"valid": 3, "by_event_type/<type>": 2}``) as data, so
 the summary is right on every runner (Beam metrics are best-effort on some). The
 summary proves conservation: ``rows_read == valid + invalid + duplicates_dropped``.
+``StatsToMetrics`` also adds each of them to a Beam ``Metrics`` counter of the same name
+(namespace ``currents``), so a runner's console (Dataflow's) shows them during the run.
 """
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
 
 from transforms.types import FileReport, Stats
 
@@ -32,6 +35,47 @@ class MergeStats(beam.CombineFn):
 
     def extract_output(self, acc: Counter) -> dict:
         return dict(acc)
+
+
+METRICS_NAMESPACE = "currents"
+# Reasons whose totals summary.json shows too: (prefix, total's counter name); the
+# partner's name is the second part of "partners/<partner>/skipped/<reason>"
+_TOTALS = {"file_errors": "files_with_errors"}
+_PARTNER_TOTALS = ("skipped", "not_eligible")
+
+
+def metric_increments(stats: Stats) -> Iterator[tuple[str, int]]:
+    """(counter name, increment) for one stats dict: each key as it is, plus the totals
+    that summary.json shows (``files_with_errors``, ``partners/<p>/skipped``,
+    ``partners/<p>/not_eligible``)."""
+    for key, n in stats.items():
+        if not n:
+            continue
+        yield key, n
+        parts = key.split("/", 3)
+        if parts[0] in _TOTALS:
+            yield _TOTALS[parts[0]], n
+        elif parts[0] == "partners" and len(parts) == 4 and parts[2] in _PARTNER_TOTALS:
+            yield f"partners/{parts[1]}/{parts[2]}", n
+
+
+class _CountInMetrics(beam.DoFn):
+    def process(self, stats: Stats) -> Iterator[Stats]:
+        for name, n in metric_increments(stats):
+            Metrics.counter(METRICS_NAMESPACE, name).inc(n)
+        yield stats
+
+
+@beam.typehints.with_input_types(Stats)
+@beam.typehints.with_output_types(Stats)
+class StatsToMetrics(beam.PTransform):
+    """Stats dicts (any step's ``stats`` output) -> the same dicts, each count also added
+    to the Beam counter of its name in namespace ``currents`` (plus the totals
+    summary.json shows). Counters are what a runner's UI shows while the job runs; the
+    summary stays the exact record (a runner may count a retried bundle twice)."""
+
+    def expand(self, stats):
+        return stats | "CountInMetrics" >> beam.ParDo(_CountInMetrics())
 
 
 def file_stats(report: FileReport) -> Stats:
@@ -87,6 +131,12 @@ def build_summary(stats: dict, partners: Iterable[str] = (), deliver: Iterable[s
         for p, d in summary["delivery"].items():
             d["accounted"] = (d["delivered"] + d["failed"]
                               == summary["partners"].get(p, {}).get("written"))
+    if any(k.startswith("parquet/") for k in stats):
+        summary["parquet"] = {"files": stats.get("parquet/files", 0),
+                              "rows_written": stats.get("parquet/rows_written", 0)}
+    if any(k.startswith("bigquery/") for k in stats):
+        summary["bigquery"] = {key: stats.get(f"bigquery/{key}", 0)
+                               for key in ("tables", "rows_written", "rows_rejected")}
     summary.update(extra)
     return summary
 
@@ -126,6 +176,15 @@ def render_table(summary: dict) -> str:
     for warning in summary.get("warnings", []):
         rows.append((f"  warning: null {warning['event_type'].split('.', 1)[-1]}."
                      f"{warning['field']}", warning["count"]))
+    ident = summary.get("identity")
+    if ident:
+        backfilled = sum(ident[f"backfilled_{s}"] for s in ("export", "merge", "user_map"))
+        rows.append(("identity: own / backfilled / none",
+                     f"{ident['from_event']} / {backfilled} / {ident['unresolved']}"))
+        for key in ("conflicts", "orphan_chains", "deletion_requests", "deleted_events",
+                    "input_errors"):
+            if ident.get(key):
+                rows.append((f"  identity {key.replace('_', ' ')}", ident[key]))
     for partner, p in summary["partners"].items():
         rows.append((f"{partner}: written / skipped", f"{p['written']} / {p['skipped']}"))
         for reason, n in p["skipped_reasons"].items():
@@ -142,6 +201,13 @@ def render_table(summary: dict) -> str:
                      f"{d['requests']} ({d['retried_requests']})"))
         for reason, n in d["failed_reasons"].items():
             rows.append((f"  {partner} failed: {reason}", n))
+    if "parquet" in summary:
+        rows.append(("parquet: files / rows", f"{summary['parquet']['files']} / "
+                                               f"{summary['parquet']['rows_written']}"))
+    if "bigquery" in summary:
+        bq = summary["bigquery"]
+        rows.append(("bigquery: rows written / rejected",
+                     f"{bq['rows_written']} / {bq['rows_rejected']}"))
     width = max(len(k) for k, _ in rows)
     lines = ["Run summary", "-" * (width + 12)]
     lines += [f"{k.ljust(width)}  {v:>11}" for k, v in rows]

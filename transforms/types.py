@@ -1,12 +1,33 @@
-"""Element types that flow between the transforms (batches: Beam pays per element)."""
+"""Element types that flow between the transforms (batches: Beam pays per element).
+
+Each batch is a small ``NamedTuple`` class with ``BatchCoder`` registered for it in Beam's
+coder registry (``coders.registry.register_coder``, public API). Our transforms declare
+them as their output types, so:
+
+- the pipeline is type-checked when it is built (``ValidateEvents`` after
+  ``DeduplicateEvents`` fails at construction, not at run time);
+- the batch travels with ``BatchCoder``: one pickle per batch, and a size estimate from
+  one row. Beam's structured coder for a plain ``Tuple[..., List[Dict[str, Any]]]``
+  walks every value of every sampled element to size the PCollection: with thousands of
+  rows per element that cost more than validating them.
+
+Inputs accept the batch class or the same plain ``Tuple[...]`` (``...In`` aliases), so
+``beam.Create([(shard, lines)])`` in a user's test still composes.
+
+Why not Beam's batched DoFns (``process_batch``)? They would show users one event per
+element, but everything between fused steps and across the dedup shuffle would then be
+encoded per event (Beam explodes batches at stage boundaries), the per-element cost the
+batches exist to avoid; and their batch types are numpy/pandas/pyarrow/lists of
+elements, not our (source, first row, rows, problems) context. ``ParseEvents`` and
+``ToRowBatches`` convert to and from one dict per event where a user wants that.
+"""
 from __future__ import annotations
 
 import pickle
-from typing import Any, Dict, List, Optional, Tuple, TypedDict
+from typing import (Any, Dict, List, NamedTuple, Optional, Tuple, TypedDict,
+                    Union)
 
 from apache_beam import coders
-from apache_beam.typehints import typehints
-from apache_beam.typehints.native_type_compatibility import convert_to_beam_type
 
 # Output tags
 FILE_REPORTS = "files"
@@ -14,28 +35,6 @@ DEAD_LETTER = "dead_letter"
 DUPLICATES = "duplicates"
 STATS = "stats"
 SKIPPED = "skipped"
-
-
-class _BatchHint(typehints.TupleHint.TupleConstraint):
-    """A tuple type hint, checked like any ``Tuple[...]`` when the pipeline is built, whose
-    elements travel with ``BatchCoder``.
-
-    Beam derives a structured coder from a plain ``Tuple[..., List[Dict[str, Any]]]`` and,
-    to size the PCollection, walks every value of every sampled element: with thousands of
-    rows per element that cost more than validating them. ``BatchCoder`` pickles the batch
-    in one call and estimates its size from one row.
-    """
-
-    def _consistent_with_check_(self, sub):
-        return (isinstance(sub, typehints.TupleHint.TupleConstraint)
-                and len(sub.tuple_types) == len(self.tuple_types)
-                and all(typehints.is_consistent_with(s, t)
-                        for s, t in zip(sub.tuple_types, self.tuple_types)))
-
-
-def batch_hint(hint: Any) -> Any:
-    """``Tuple[...]`` -> the same type hint, coded by ``BatchCoder``."""
-    return _BatchHint(convert_to_beam_type(hint).tuple_types)
 
 
 class BatchCoder(coders.Coder):
@@ -67,25 +66,51 @@ def _estimate(value: Any) -> int:
     return 8
 
 
-coders.registry.register_coder(_BatchHint, BatchCoder)
-
 Record = Dict[str, Any]
-# (event_type, source path, index of the first row in the file, rows, problems,
-#  allowed_nulls)
-# problems is None, or {index in rows: (reason, message)} for rows found bad while reading
-# (bytes that are not UTF-8; a path and writer schema naming different event types).
-# rows: a list of dicts, or a polars DataFrame of the same rows (ReadCurrentsExport's
-# as_frames; such a batch has no problems).
-# allowed_nulls: None (not from an Avro file: the catalogue decides), or the fields whose
-# nulls the file's writer schema allows (``field[]``: the items of an array field).
-RowBatch = batch_hint(Tuple[str, str, int, Any, Optional[Dict[int, Tuple[str, str]]],
-                            Optional[Tuple[str, ...]]])
-# (source path, [(row index, event_type, event id, canonical JSON of the event)])
-ValidBatch = batch_hint(Tuple[str, List[Tuple[int, str, str, bytes]]])
-# (output shard, [canonical JSON of one event per item]) - one element per shard
-ShardLines = batch_hint(Tuple[int, List[bytes]])
-# (output shard, [(event dict, {partner: identity dict, or the reason it cannot be sent})])
-IdentifiedBatch = batch_hint(Tuple[int, List[Tuple[Record, Dict[str, Any]]]])
+
+
+class RowBatch(NamedTuple):
+    """Rows of one file. ``rows``: a list of dicts, or a polars DataFrame of the same rows
+    (ReadCurrentsExport's ``as_frames``; such a batch has no problems). ``problems``:
+    None, or {index in rows: (reason, message)} for rows found bad while reading (bytes
+    that are not UTF-8; a path and writer schema naming different event types).
+    ``allowed_nulls``: None (not from an Avro file: the catalogue decides), or the fields
+    whose nulls the file's writer schema allows (``field[]``: an array field's items)."""
+    event_type: str
+    source: str
+    first_row: int
+    rows: Any
+    problems: Optional[Dict[int, Tuple[str, str]]]
+    allowed_nulls: Optional[Tuple[str, ...]] = None
+
+
+class ValidBatch(NamedTuple):
+    """Valid rows of one file: [(row index, event_type, event id, canonical JSON)]."""
+    source: str
+    items: List[Tuple[int, str, str, bytes]]
+
+
+class ShardLines(NamedTuple):
+    """One output shard's lines (canonical JSON of one event, or one payload, per item)."""
+    shard: int
+    lines: List[bytes]
+
+
+class IdentifiedBatch(NamedTuple):
+    """[(event dict, {partner: identity dict, or the reason it cannot be sent})]."""
+    shard: int
+    items: List[Tuple[Record, Dict[str, Any]]]
+
+
+for _batch in (RowBatch, ValidBatch, ShardLines, IdentifiedBatch):  # noqa: B007
+    coders.registry.register_coder(_batch, BatchCoder)
+
+# What our transforms accept: the batch, or the same fields as a plain tuple
+RowBatchIn = Union[RowBatch, Tuple[str, str, int, Any, Optional[Dict[int, Tuple[str, str]]],
+                                    Optional[Tuple[str, ...]]]]
+ValidBatchIn = Union[ValidBatch, Tuple[str, List[Tuple[int, str, str, bytes]]]]
+ShardLinesIn = Union[ShardLines, Tuple[int, List[bytes]]]
+IdentifiedBatchIn = Union[IdentifiedBatch, Tuple[int, List[Tuple[Record, Dict[str, Any]]]]]
 # Flat counters, e.g. {"rows_read": 10, "by_event_type/users.messages.email.Click": 3}
 Stats = Dict[str, int]
 

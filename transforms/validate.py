@@ -18,14 +18,13 @@ from itertools import compress, repeat
 from typing import Any, Iterator
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 from pydantic import ValidationError
 
 from schemas.catalogue import (MAX_EPOCH_SECONDS, MIN_EPOCH_SECONDS, Catalogue, EventTypeSpec,
                                event_model, load_catalogue, relaxed_spec)
 from transforms import codec
-from transforms.gcpause import paused_gc
-from transforms.types import DEAD_LETTER, STATS, DeadLetter, Record, RowBatch, ValidBatch
+from transforms.types import (DEAD_LETTER, STATS, DeadLetter, Record, RowBatch, RowBatchIn,
+                              ValidBatch)
 
 # Braze's partner connectors drop events whose payload is over 900 KB.
 MAX_PAYLOAD_BYTES = 900 * 1024
@@ -228,8 +227,6 @@ class _ValidateBatch(beam.DoFn):
     def __init__(self, catalogue: Catalogue | None, strict: bool = False):
         self._catalogue = catalogue
         self._strict = strict
-        self._invalid = Metrics.counter("currents", "invalid_rows")
-        self._rows = Metrics.counter("currents", "rows_read")
 
     def setup(self):
         self._validator = _Validator(self._catalogue or load_catalogue(), self._strict)
@@ -243,36 +240,33 @@ class _ValidateBatch(beam.DoFn):
         dumps, limit = codec.dumps, MAX_PAYLOAD_BYTES
         stats: Counter = Counter(rows_read=len(rows))
         warned = validator.warned(event_type, nulls)
-        with paused_gc():
-            if isinstance(rows, list):
-                valid, by_row = [], enumerate(rows)
-            else:  # a polars frame (ReadCurrentsExport(as_frames=True))
-                valid, by_row = self._frame(event_type, first_row, rows, nulls, stats)
-            for offset, record in by_row:
-                verdict = problems.get(offset) or validator.check(event_type, record, nulls)
-                if verdict is None:
-                    payload = dumps({**record, "event_type": event_type})
-                    if len(payload) <= limit:
-                        valid.append((first_row + offset, event_type, record["id"], payload))
-                        for name in warned:
-                            if record.get(name) is None:
-                                stats[f"warnings/{event_type}/{name}"] += 1
-                        continue
-                    verdict = ("payload_too_large",
-                               f"payload is {len(payload)} bytes, over {limit}")
-                reason, message = verdict
-                stats[f"dead_letter_reasons/{reason}"] += 1
-                stats["invalid"] += 1
-                dead: DeadLetter = {"reason": reason, "event_type": event_type,
-                                    "source": source, "row": first_row + offset,
-                                    "error": message, "record": record}
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead)
+        if isinstance(rows, list):
+            valid, by_row = [], enumerate(rows)
+        else:  # a polars frame (ReadCurrentsExport(as_frames=True))
+            valid, by_row = self._frame(event_type, first_row, rows, nulls, stats)
+        for offset, record in by_row:
+            verdict = problems.get(offset) or validator.check(event_type, record, nulls)
+            if verdict is None:
+                payload = dumps({**record, "event_type": event_type})
+                if len(payload) <= limit:
+                    valid.append((first_row + offset, event_type, record["id"], payload))
+                    for name in warned:
+                        if record.get(name) is None:
+                            stats[f"warnings/{event_type}/{name}"] += 1
+                    continue
+                verdict = ("payload_too_large",
+                           f"payload is {len(payload)} bytes, over {limit}")
+            reason, message = verdict
+            stats[f"dead_letter_reasons/{reason}"] += 1
+            stats["invalid"] += 1
+            dead: DeadLetter = {"reason": reason, "event_type": event_type,
+                                "source": source, "row": first_row + offset,
+                                "error": message, "record": record}
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead)
         if not known:
             stats[f"unknown_rows/{event_type}"] += len(rows)
-        self._rows.inc(len(rows))
-        self._invalid.inc(stats["invalid"])
         if valid:
-            out: ValidBatch = (source, valid)
+            out = ValidBatch(source, valid)
             yield out
         yield beam.pvalue.TaggedOutput(STATS, dict(stats))
 
@@ -315,7 +309,7 @@ class _ValidateBatch(beam.DoFn):
                 zip(others, frame[others].to_dicts()))
 
 
-@beam.typehints.with_input_types(RowBatch)
+@beam.typehints.with_input_types(RowBatchIn)
 class ValidateEvents(beam.PTransform):
     """Validate raw Currents rows against the catalogue.
 
@@ -329,6 +323,9 @@ class ValidateEvents(beam.PTransform):
 
     def __init__(self, catalogue: Catalogue | None = None, strict: bool = False):
         super().__init__()
+        if catalogue is not None and not isinstance(catalogue, Catalogue):
+            raise TypeError(f"catalogue must be a schemas.catalogue.Catalogue or None, "
+                            f"not {type(catalogue).__name__}")
         self._catalogue = catalogue
         self._strict = bool(strict)
 

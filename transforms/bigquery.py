@@ -1,0 +1,409 @@
+"""WriteToWarehouse: clean events into BigQuery, one table per event type, rerun-safe.
+
+Steps (docs/bigquery.md says why):
+
+1. ``PrepareTables`` (once): create the dataset, each event type's table (columns from
+   ``schemas/bigquery/``, partitioned by the day of ``event_timestamp``, clustered by the
+   user ids) and the dead-letter table when missing; add the run's new fields as NULLABLE
+   columns; create one staging table per type for this run (expires after a day).
+2. Beam's ``WriteToBigQuery`` (file loads, streaming inserts or the Storage Write API)
+   into the staging tables. Rows BigQuery rejects come back from the sink.
+3. ``MergeRuns`` (once, after every write): ``MERGE`` each staging table into its table on
+   ``(event_type, id)``, inserting only the events not already there, then drop the
+   staging table. A rerun of the same input inserts nothing.
+4. Rejected rows -> ``<dataset>.currents_dead_letter`` and ``dead_letter/`` with reason
+   ``bigquery_rejected`` and BigQuery's error.
+
+``endpoint`` points every call at a BigQuery-compatible endpoint (a local emulator, a
+private endpoint) through ``WriteToBigQuery``'s ``test_client`` and our own clients.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import time
+from typing import Any, Iterator
+from urllib.parse import urlparse
+
+import apache_beam as beam
+from apache_beam.io.gcp.bigquery import BigQueryDisposition, WriteToBigQuery
+from apache_beam.io.gcp.bigquery_tools import RetryStrategy
+from apache_beam.metrics import Metrics
+
+from schemas import warehouse
+from transforms import codec
+from transforms.columns import ObserveColumns, columns_for, table_of, tables
+from transforms.sinks import create_ndjson
+from transforms.types import ShardLines
+
+METHODS = {"file_loads": WriteToBigQuery.Method.FILE_LOADS,
+           "streaming_inserts": WriteToBigQuery.Method.STREAMING_INSERTS,
+           "storage_write_api": WriteToBigQuery.Method.STORAGE_WRITE_API}
+REJECTED = "bigquery_rejected"
+# Beam 2.77's Python STORAGE_WRITE_API is a Java cross-language transform: expanding it
+# starts Beam's Java expansion service (a jar fetched from Maven Central, and Java), and
+# it refuses a schema per destination (NotImplementedError), which one table per event
+# type needs. See docs/bigquery.md.
+STORAGE_WRITE_API_UNSUPPORTED = (
+    "--bigquery-method storage_write_api is not available yet: Beam's Python SDK runs it "
+    "through the Java expansion service and without a schema per table; use file_loads "
+    "(batch) or streaming_inserts (see docs/bigquery.md)")
+STAGING_HOURS = 24
+
+
+def parse_dataset(dataset: str) -> tuple[str, str]:
+    """``PROJECT:DATASET`` -> (project, dataset)."""
+    project, _, name = dataset.partition(":")
+    if not project or not name:
+        raise ValueError(f"--bigquery-dataset must be PROJECT:DATASET, not {dataset!r}")
+    return project, name
+
+
+def _is_loopback(endpoint: str) -> bool:
+    host = urlparse(endpoint).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def bigquery_client(project: str, endpoint: str | None) -> Any:
+    """A google-cloud-bigquery client: Google's API, or ``endpoint`` (anonymous when it
+    is on this machine, as an emulator is; Application Default Credentials otherwise)."""
+    from google.cloud import bigquery
+    if endpoint is None:
+        return bigquery.Client(project=project)
+    from google.api_core.client_options import ClientOptions
+    credentials = None
+    if _is_loopback(endpoint):
+        from google.auth.credentials import AnonymousCredentials
+        credentials = AnonymousCredentials()
+    return bigquery.Client(project=project, credentials=credentials,
+                           client_options=ClientOptions(api_endpoint=endpoint))
+
+
+class EndpointClient:
+    """The client ``WriteToBigQuery`` takes as ``test_client``, for another endpoint.
+
+    Beam uses that one object both as its apitools BigQuery client (tables, jobs) and as a
+    google-cloud-bigquery client (``insert_rows_json`` for streaming inserts): this gives
+    each call to the right client, both pointed at ``endpoint``. Pickled as its settings;
+    the clients are made where it is used."""
+
+    def __init__(self, project: str, endpoint: str):
+        self._project, self._endpoint = project, endpoint.rstrip("/")
+        self._clients = None
+
+    def __getstate__(self):
+        return {"_project": self._project, "_endpoint": self._endpoint, "_clients": None}
+
+    def _made(self):
+        if self._clients is None:
+            from apache_beam.io.gcp.internal.clients import bigquery as apitools_bigquery
+            if _is_loopback(self._endpoint):
+                credentials = None
+            else:
+                from apache_beam.internal.gcp import auth
+                from apache_beam.options.pipeline_options import PipelineOptions
+                credentials = auth.get_service_credentials(PipelineOptions([]))
+            api = apitools_bigquery.BigqueryV2(
+                url=f"{self._endpoint}/bigquery/v2/", credentials=credentials,
+                get_credentials=False, response_encoding="utf8")
+            self._clients = (api, bigquery_client(self._project, self._endpoint))
+        return self._clients
+
+    def insert_rows_json(self, *args, **kwargs):
+        return self._made()[1].insert_rows_json(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._made()[0], name)
+
+
+def _schema_fields(columns: list[dict]) -> list:
+    from google.cloud import bigquery
+    return [bigquery.SchemaField(c["name"], c["type"], mode=c["mode"],
+                                 description=c.get("description")) for c in columns]
+
+
+def _ensure_columns(client, table_id: str, columns: list[dict]) -> list[str]:
+    """Add ``columns`` missing from the table as NULLABLE (or REPEATED) columns.
+
+    The schema patch is BigQuery's way; the ``ALTER TABLE ... ADD COLUMN IF NOT EXISTS``
+    after it changes nothing on BigQuery, and is what the local emulator needs to store
+    the column (its patch updates only its catalogue)."""
+    table = client.get_table(table_id)
+    have = {f.name for f in table.schema}
+    new = [c for c in columns if c["name"] not in have]
+    if not new:
+        return []
+    new = [{**c, "mode": "REPEATED" if c["mode"] == "REPEATED" else "NULLABLE"} for c in new]
+    table.schema = list(table.schema) + _schema_fields(new)
+    client.update_table(table, ["schema"])
+    for c in new:
+        kind = f"ARRAY<{c['type']}>" if c["mode"] == "REPEATED" else c["type"]
+        client.query(f"ALTER TABLE `{table_id}` ADD COLUMN IF NOT EXISTS "
+                     f"`{c['name']}` {kind}").result()
+    return [c["name"] for c in new]
+
+
+def _create_table(client, table_id: str, columns: list[dict], partitioned: bool,
+                  expires: datetime.datetime | None = None) -> None:
+    from google.api_core.exceptions import Conflict
+    from google.cloud import bigquery
+    table = bigquery.Table(table_id, schema=_schema_fields(columns))
+    if partitioned:
+        layout = tables()
+        table.time_partitioning = bigquery.TimePartitioning(
+            type_=layout["time_partitioning"]["type"],
+            field=layout["time_partitioning"]["field"])
+        table.clustering_fields = layout["clustering"]
+    if expires is not None:
+        table.expires = expires
+    try:
+        client.create_table(table)
+    except Conflict:
+        pass
+
+
+class _PrepareTables(beam.DoFn):
+    """Once: tables, new columns and this run's staging tables; outputs
+    ``{event_type: {"table", "staging", "schema"}}`` for the writes."""
+
+    def __init__(self, project: str, dataset: str, endpoint: str | None, run_id: str):
+        self._project, self._dataset = project, dataset
+        self._endpoint, self._run_id = endpoint, run_id
+
+    def display_data(self) -> dict:
+        """The generated schemas, shown on this step in the job graph (Dataflow's UI)."""
+        shown = {"dataset": f"{self._project}:{self._dataset}",
+                 "partitioning": json.dumps(tables()["time_partitioning"]),
+                 "clustering": ",".join(tables()["clustering"])}
+        for spec in tables()["event_types"].values():
+            shown[f"schema.{spec['table']}"] = json.dumps(
+                [{k: c[k] for k in ("name", "type", "mode")} for c in spec["columns"]])
+        return shown
+
+    def process(self, _: Any, extras: dict) -> Iterator[dict]:
+        from google.api_core.exceptions import NotFound
+        client = bigquery_client(self._project, self._endpoint)
+        client.create_dataset(f"{self._project}.{self._dataset}", exists_ok=True)
+        prefix = f"{self._project}.{self._dataset}"
+        dead = tables()["dead_letter"]
+        _create_table(client, f"{prefix}.{dead['table']}", dead["columns"], False)
+        expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(
+            hours=STAGING_HOURS)
+        out = {}
+        for event_type in sorted(extras):
+            table = table_of(event_type)
+            columns = columns_for(event_type, extras)
+            try:
+                _ensure_columns(client, f"{prefix}.{table}", columns)
+            except NotFound:
+                _create_table(client, f"{prefix}.{table}", columns, True)
+            # the staging table takes the table's own types: a value that does not fit
+            # its column is rejected row by row by the write, not by the MERGE
+            columns = [{"name": f.name, "type": f.field_type, "mode": f.mode}
+                       for f in client.get_table(f"{prefix}.{table}").schema]
+            staging = f"{table}__run_{self._run_id[:16]}"
+            client.delete_table(f"{prefix}.{staging}", not_found_ok=True)
+            _create_table(client, f"{prefix}.{staging}", columns, False, expires)
+            out[event_type] = {"table": table, "staging": staging,
+                               "schema": {"fields": [
+                                   {k: c[k] for k in ("name", "type", "mode")}
+                                   for c in columns]},
+                               "json": [c["name"] for c in columns if c["type"] == "JSON"]}
+        yield out
+
+
+def _bq_value(value: Any, as_json: bool, json_as_text: bool) -> Any:
+    if not as_json or value is None:
+        return value
+    if isinstance(value, str):  # `properties`: JSON text, checked by validation
+        return value if json_as_text else codec.loads(value)
+    return codec.dumps(value).decode() if json_as_text else value
+
+
+class _ToRows(beam.DoFn):
+    """ShardLines -> one BigQuery row (dict) per event, JSON columns as the method wants
+    them (text for streaming inserts, JSON values in load files)."""
+
+    def __init__(self, json_as_text: bool):
+        self._json_as_text = json_as_text
+
+    def process(self, element: ShardLines, prepared: dict) -> Iterator[dict]:
+        _, lines = element
+        for line in lines:
+            event = codec.loads(line)
+            spec = prepared[event["event_type"]]
+            json_columns = spec["json"]
+            row = {k: _bq_value(v, k in json_columns, self._json_as_text)
+                   for k, v in event.items()}
+            t = event.get("time")
+            if isinstance(t, int) and not isinstance(t, bool):
+                row[warehouse.TIMESTAMP_COLUMN] = datetime.datetime.fromtimestamp(
+                    t, tz=datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+            yield row
+
+
+def _quote(name: str) -> str:
+    return f"`{name}`"
+
+
+class _MergeRuns(beam.DoFn):
+    """Once, after every write: wait for the load jobs, MERGE each staging table into its
+    table on (event_type, id), drop the staging tables; outputs the counters."""
+
+    def __init__(self, project: str, dataset: str, endpoint: str | None):
+        self._project, self._dataset, self._endpoint = project, dataset, endpoint
+        self._written = Metrics.counter("currents", "bigquery_rows_written")
+
+    def process(self, _: Any, prepared: dict, load_jobs: list, rejected: list) -> Iterator[dict]:
+        client = bigquery_client(self._project, self._endpoint)
+        for _, job in load_jobs:  # file loads (and copies from Beam's temporary tables,
+            # for big loads): Beam started them; wait until each is done
+            job_id = getattr(job, "jobId", None) or str(job)
+            client.get_job(job_id, location=getattr(job, "location", None)).result()
+        prefix = f"{self._project}.{self._dataset}"
+        written = 0
+        for event_type, spec in sorted(prepared.items()):
+            target, staging = f"{prefix}.{spec['table']}", f"{prefix}.{spec['staging']}"
+            bounds = list(client.query(
+                f"SELECT MIN({warehouse.TIMESTAMP_COLUMN}) AS lo, "
+                f"MAX({warehouse.TIMESTAMP_COLUMN}) AS hi, COUNT(*) AS n, "
+                f"COUNT({warehouse.TIMESTAMP_COLUMN}) AS timed "
+                f"FROM `{staging}`").result())[0]
+            if bounds["n"]:
+                names = [f["name"] for f in spec["schema"]["fields"]]
+                cols = ", ".join(map(_quote, names))
+                values = ", ".join(f"S.{_quote(n)}" for n in names)
+                prune = ""
+                # only the partitions this run touches (all of them if some event of
+                # a type outside the catalogue has no `time`)
+                if bounds["lo"] is not None and bounds["timed"] == bounds["n"]:
+                    prune = (f" AND T.{warehouse.TIMESTAMP_COLUMN} BETWEEN "
+                             f"TIMESTAMP '{bounds['lo'].isoformat()}' AND "
+                             f"TIMESTAMP '{bounds['hi'].isoformat()}'")
+                job = client.query(
+                    f"MERGE `{target}` T USING `{staging}` S "
+                    f"ON T.event_type = S.event_type AND T.id = S.id{prune} "
+                    f"WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({values})")
+                job.result()
+                written += job.num_dml_affected_rows or 0
+            client.delete_table(staging, not_found_ok=True)
+        self._written.inc(written)
+        yield {"bigquery/tables": len(prepared), "bigquery/rows_written": written,
+               "bigquery/rows_rejected": len(rejected)}
+
+
+def _dead_letter(failed: tuple) -> dict:
+    destination, row, errors = failed
+    return {"reason": REJECTED, "event_type": row.get("event_type"),
+            "source": str(destination), "row": None,
+            "error": json.dumps(errors, sort_keys=True, default=str), "record": row}
+
+
+class _WriteDeadLetter(beam.DoFn):
+    """Once: rejected rows into the dead-letter table and ``dead_letter/``; outputs the
+    relative path of the file (for the commit), if any."""
+
+    def __init__(self, project: str, dataset: str, endpoint: str | None, temp_dir: str):
+        self._project, self._dataset = project, dataset
+        self._endpoint, self._temp_dir = endpoint, temp_dir
+        self._rejected = Metrics.counter("currents", "bigquery_rows_rejected")
+
+    def process(self, _: Any, rejected: list) -> Iterator[str]:
+        if not rejected:
+            return
+        from apache_beam.io.filesystems import FileSystems
+        records = sorted((_dead_letter(f) for f in rejected),
+                         key=lambda d: (d["event_type"] or "", str(d["record"].get("id"))))
+        self._rejected.inc(len(records))
+        client = bigquery_client(self._project, self._endpoint)
+        table = f"{self._project}.{self._dataset}.{tables()['dead_letter']['table']}"
+        rows = [{**d, "record": codec.dumps(d["record"]).decode()} for d in records]
+        for start in range(0, len(rows), 500):
+            errors = client.insert_rows_json(table, rows[start:start + 500])
+            if errors:
+                raise RuntimeError(f"the dead-letter table {table} refused rows: {errors}")
+        relative = "dead_letter/part-bigquery-rejected.ndjson"
+        with create_ndjson(FileSystems.join(self._temp_dir, relative)) as fo:
+            fo.write(b"".join(codec.dumps(d) + b"\n" for d in records))
+        yield relative
+
+
+@beam.typehints.with_input_types(ShardLines)
+class WriteToWarehouse(beam.PTransform):
+    """ShardLines of clean events -> BigQuery tables of ``dataset`` (``PROJECT:DATASET``).
+
+    ``method``: file_loads | streaming_inserts | storage_write_api. ``endpoint``: a
+    BigQuery-compatible URL instead of Google's. ``run_id`` names the staging tables;
+    ``temp_dir`` is where the dead-letter file goes (committed with the other outputs).
+    ``columns``: the ``ObserveColumns`` output if already made. File loads stage their
+    files under the pipeline's ``--temp_location`` (gs://). Returns ``{"stats": one counters
+    dict (after the MERGE), "dead_letter": the dead-letter file's path relative to
+    temp_dir, if any rows were rejected}``.
+    """
+
+    def __init__(self, dataset: str, method: str = "file_loads", endpoint: str | None = None,
+                 run_id: str = "run", temp_dir: str = "", columns=None,
+                 expansion_service: str | None = None):
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"unknown BigQuery method {method!r}; choose from "
+                             f"{', '.join(METHODS)}")
+        if method == "storage_write_api":
+            raise ValueError(STORAGE_WRITE_API_UNSUPPORTED)
+        self._project, self._dataset = parse_dataset(dataset)
+        self._method, self._endpoint = method, endpoint
+        self._run_id, self._temp_dir, self._columns = run_id, temp_dir, columns
+        self._expansion_service = expansion_service
+
+    def expand(self, events):
+        p = events.pipeline
+        project, dataset, endpoint = self._project, self._dataset, self._endpoint
+        columns = self._columns or events | "ObserveColumns" >> ObserveColumns()
+        prepared = (p | "Start" >> beam.Create([None])
+                    | "PrepareTables" >> beam.ParDo(
+                        _PrepareTables(project, dataset, endpoint, self._run_id),
+                        extras=beam.pvalue.AsSingleton(columns)))
+        ready = beam.pvalue.AsSingleton(prepared)
+        rows = events | "ToRows" >> beam.ParDo(
+            _ToRows(json_as_text=self._method != "file_loads"), prepared=ready)
+
+        def staging_table(row, prepared):
+            return f"{project}:{dataset}.{prepared[row['event_type']]['staging']}"
+
+        def staging_schema(destination, prepared):
+            name = str(destination).rsplit(".", 1)[-1]
+            return next(s["schema"] for s in prepared.values() if s["staging"] == name)
+
+        options = {}
+        if self._method == "streaming_inserts":
+            options["insert_retry_strategy"] = RetryStrategy.RETRY_NEVER
+        if self._method == "storage_write_api" and self._expansion_service:
+            options["expansion_service"] = self._expansion_service
+        result = rows | "WriteToBigQuery" >> WriteToBigQuery(
+            table=staging_table, schema=staging_schema,
+            table_side_inputs=(ready,), schema_side_inputs=(ready,),
+            create_disposition=BigQueryDisposition.CREATE_NEVER,
+            write_disposition=BigQueryDisposition.WRITE_APPEND,
+            method=METHODS[self._method],
+            test_client=EndpointClient(project, endpoint) if endpoint else None,
+            **options)
+        if self._method == "file_loads":
+            load_jobs = (result.destination_load_jobid_pairs,
+                         result.destination_copy_jobid_pairs) | "AllJobs" >> beam.Flatten()
+            rejected = None
+        else:
+            load_jobs, rejected = None, result.failed_rows_with_errors
+        empty = p | "NoneOf" >> beam.Create([])
+        load_jobs = beam.pvalue.AsList(load_jobs if load_jobs is not None else empty)
+        rejected_list = beam.pvalue.AsList(rejected if rejected is not None else empty)
+        stats = (p | "Once" >> beam.Create([None])
+                 | "MergeRuns" >> beam.ParDo(_MergeRuns(project, dataset, endpoint),
+                                             prepared=ready, load_jobs=load_jobs,
+                                             rejected=rejected_list))
+        dead = (p | "Rejected" >> beam.Create([None])
+                | "WriteDeadLetter" >> beam.ParDo(
+                    _WriteDeadLetter(project, dataset, endpoint, self._temp_dir),
+                    rejected=rejected_list))
+        return {"stats": stats, "dead_letter": dead}
