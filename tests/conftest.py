@@ -114,11 +114,23 @@ class GcsEmulator:
         return sorted(names)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for an emulator."""
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stop_process(proc) -> None:
+    """Stop an emulator process: terminate, then kill if it lingers; always reaped."""
+    import subprocess
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
@@ -133,7 +145,7 @@ def gcs_emulator(tmp_path_factory):
     import sys
     import time
     import urllib.request
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     folder = tmp_path_factory.mktemp("gcs-emulator")
     log = folder / "emulator.log"
@@ -170,9 +182,4 @@ def gcs_emulator(tmp_path_factory):
                 else:
                     os.environ[key] = value
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)

@@ -33,10 +33,10 @@ class BigQueryEmulator:
 
 @pytest.fixture(scope="session")
 def bq_emulator(gcs_emulator, tmp_path_factory):
-    from tests.conftest import _free_port
+    from tests.conftest import free_port, stop_process
     from tests.install_duckdb_spatial import install
     install()  # no-op when `make` already did it
-    rest, grpc = _free_port(), _free_port()
+    rest, grpc = free_port(), free_port()
     log = tmp_path_factory.mktemp("bq-emulator") / "emulator.log"
     env = {**os.environ, "BQEMU_GCS_LOCAL_ROOT": str(gcs_emulator.root),
            "BQEMU_LOG_LEVEL": "warning"}
@@ -59,9 +59,4 @@ def bq_emulator(gcs_emulator, tmp_path_factory):
                 time.sleep(0.3)
         yield BigQueryEmulator(endpoint)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)

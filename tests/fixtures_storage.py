@@ -28,11 +28,7 @@ AZURITE_KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K
                "KBHBeksoGMGw==")
 
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import free_port, stop_process  # noqa: E402,F401 (tests import free_port here)
 
 
 @pytest.fixture(autouse=True)
@@ -200,9 +196,4 @@ def azurite(tmp_path_factory):
             if saved is not None:
                 os.environ["AZURE_STORAGE_CONNECTION_STRING"] = saved
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)
