@@ -58,6 +58,31 @@ def run_to_bigquery(src, out, dataset, method, bq_emulator, temp_bucket):
     return json.loads((out / "summary.json").read_text())
 
 
+def run_with_counters(src, out, dataset, method, bq_emulator, temp_bucket):
+    """The same run through ``build`` on the local runner: (summary, its Beam counters)."""
+    import uuid
+
+    import apache_beam as beam
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.currents_to_partners import build, local_runner
+    from pipelines.options import parse
+    from transforms.summary import METRICS_NAMESPACE
+    cfg, beam_args = parse(["--input", str(src), "--output", str(out), "--partners", "",
+                            "--bigquery-dataset", f"{PROJECT}:{dataset}",
+                            "--bigquery-method", method, "--bigquery-endpoint",
+                            bq_emulator.endpoint, "--temp_location", temp_bucket])
+    options = PipelineOptions(beam_args)
+    p = beam.Pipeline(runner=local_runner(options), options=options)
+    build(p, cfg, str(out / "_temporary" / uuid.uuid4().hex))
+    result = p.run()
+    result.wait_until_finish()
+    counters = {c.key.metric.name: c.committed for c in result.metrics().query(
+        MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]}
+    return json.loads((out / "summary.json").read_text()), counters
+
+
 def _normal(value):
     if hasattr(value, "timestamp"):
         return int(value.timestamp())
@@ -121,7 +146,7 @@ def _count(bq_emulator, dataset, etype) -> int:
 
 @pytest.mark.parametrize("method", ["file_loads", "streaming_inserts"])
 def test_newer_field_adds_a_column_and_a_misfit_is_rejected(method, tmp_path, bq_emulator,
-                                                           temp_bucket):
+                                                           temp_bucket, gcs_emulator):
     dataset = f"evolving_{method}"
     table = f"{PROJECT}.{dataset}.{warehouse.table_name(SEND)}"
     first = export(tmp_path / "in1", extra={"name": "bot_score", "avro": "double",
@@ -138,34 +163,95 @@ def test_newer_field_adds_a_column_and_a_misfit_is_rejected(method, tmp_path, bq
     assert scores == [0.25, 0.5, 0.75]
     before = _count(bq_emulator, dataset, SEND)
 
-    # a later export sends text in that column: BigQuery refuses those rows
+    # a later export sends text in that column: BigQuery refuses those rows; the rest
+    # load (file loads: checked against the live columns before the load job)
     second = export(tmp_path / "in2", seed=1000, extra={"name": "bot_score",
                                                         "avro": "string",
                                                         "values": ["high", "low"]})
-    args = ["--input", str(second), "--output", str(tmp_path / "out2"), "--partners", "",
-            "--bigquery-dataset", f"{PROJECT}:{dataset}", "--bigquery-method", method,
-            "--bigquery-endpoint", bq_emulator.endpoint, "--temp_location", temp_bucket]
-    if method == "file_loads":
-        # a load job is all or nothing: the run fails and no table changes
-        assert run(args) == 1
-        assert _count(bq_emulator, dataset, SEND) == before
-        return
-    assert run(args) == 0
     out = tmp_path / "out2"
-    summary = json.loads((out / "summary.json").read_text())
+    summary, counters = run_with_counters(second, out, dataset, method, bq_emulator,
+                                          temp_bucket)
+    assert counters["bigquery_rows_rejected"] == counters["bigquery/rows_rejected"] == 2
     events = read_ndjson(out / "events")
     assert summary["bigquery"] == {"tables": 4, "rows_written": len(events) - 2,
                                    "rows_rejected": 2}
-    assert _count(bq_emulator, dataset, SEND) == before + sum(
-        1 for e in events if e["event_type"] == SEND) - 2
+    # still valid events: in events/, not invalid; every row in exactly one place
+    assert {"high", "low"} <= {e.get("bot_score") for e in events}
+    assert summary["conservation_ok"] and summary["rows_read"] == summary["valid"] + summary[
+        "invalid"] + summary["duplicates_dropped"] and summary["valid"] == len(events)
+    sends = sum(1 for e in events if e["event_type"] == SEND)
+    assert _count(bq_emulator, dataset, SEND) == before + sends - 2
     dead = [d for d in read_ndjson(out / "dead_letter") if d["reason"] == "bigquery_rejected"]
     assert sorted(d["record"]["bot_score"] for d in dead) == ["high", "low"]
-    for d in dead:  # BigQuery's own error (the emulator names the wrong column in it)
+    for d in dead:  # BigQuery's error shape (the emulator names the wrong column in it)
         assert d["event_type"] == SEND
-        assert json.loads(d["error"])[0]["reason"] == "invalid"
+        assert d["source"].startswith(f"{PROJECT}:{dataset}.{warehouse.table_name(SEND)}__run_")
+        first = json.loads(d["error"])[0]
+        assert first["reason"] == "invalid"
+        if method == "file_loads":
+            assert first["location"] == "bot_score" and "to double" in first["message"]
     table_dead = bq_emulator.query(
         f"SELECT reason, event_type, error, TO_JSON_STRING(record) AS record "
         f"FROM `{PROJECT}.{dataset}.currents_dead_letter`")
     assert sorted(json.loads(d["record"])["id"] for d in table_dead) == sorted(
         d["record"]["id"] for d in dead)
     assert {d["reason"] for d in table_dead} == {"bigquery_rejected"}
+    if method == "file_loads":
+        # the check is right: the same row in a load job is refused by the emulator
+        row = dict(dead[0]["record"])
+        blob = f"direct/{dataset}.json"
+        temp_bucket_name = temp_bucket.removeprefix("gs://").split("/", 1)[0]
+        gcs_emulator.client.bucket(temp_bucket_name).blob(blob).upload_from_string(
+            json.dumps(row) + "\n")
+        from google.cloud import bigquery
+        job = bq_emulator.client.load_table_from_uri(
+            f"gs://{temp_bucket_name}/{blob}", table, job_config=bigquery.LoadJobConfig(
+                source_format="NEWLINE_DELIMITED_JSON"))
+        with pytest.raises(Exception, match=f"numerical: \"{row['bot_score']}\""):
+            job.result()
+        assert _count(bq_emulator, dataset, SEND) == before + sends - 2
+    # a rerun adds no rows (and rejects the same two again)
+    again = run_to_bigquery(second, tmp_path / "out3", dataset, method, bq_emulator,
+                            temp_bucket)
+    assert again["bigquery"] == {"tables": 4, "rows_written": 0, "rows_rejected": 2}
+    assert _count(bq_emulator, dataset, SEND) == before + sends - 2
+
+
+FIELDS = [{"name": "event_type", "type": "STRING", "mode": "REQUIRED"},
+          {"name": "event_timestamp", "type": "TIMESTAMP", "mode": "REQUIRED"},
+          {"name": "n", "type": "INTEGER", "mode": "NULLABLE"},
+          {"name": "score", "type": "FLOAT", "mode": "NULLABLE"},
+          {"name": "ok", "type": "BOOLEAN", "mode": "NULLABLE"},
+          {"name": "tags", "type": "STRING", "mode": "REPEATED"},
+          {"name": "properties", "type": "JSON", "mode": "NULLABLE"}]
+GOOD = {"event_type": SEND, "event_timestamp": "2024-05-01 10:00:00 UTC", "n": 3,
+        "score": 0.5, "ok": True, "tags": ["a"], "properties": '{"k": 1}'}
+
+
+@pytest.mark.parametrize("change, column, words", [
+    ({}, None, None),
+    ({"n": "12", "score": "1.5", "ok": "false", "tags": None}, None, None),  # BigQuery
+    # converts these in a JSON load
+    ({"score": "high"}, "score", "Could not convert value 'string_value: \"high\"' to double"),
+    ({"score": True}, "score", "to double"),
+    ({"n": 2**63}, "n", "to integer"),
+    ({"n": 1.5}, "n", "to integer"),
+    ({"ok": "yes"}, "ok", "to boolean"),
+    ({"event_timestamp": "yesterday"}, "event_timestamp", "to timestamp"),
+    ({"event_timestamp": None}, "event_timestamp", "Missing required field"),
+    ({"tags": "a"}, "tags", "repeated field"),
+    ({"tags": ["a", None]}, "tags", "null element"),
+    ({"n": [1]}, "n", "Array specified for non-repeated field"),
+    ({"n": {"a": 1}}, "n", "JSON object specified for non-record field"),
+    ({"properties": "{not json"}, "properties", "Invalid JSON"),
+    ({"other": 1}, "other", "No such field"),
+    ({"event_type": "x" * (100 * 2**20)}, "", "Row size"),
+])
+def test_row_check_follows_bigquery_load_rules(change, column, words):
+    from transforms.bigquery_rows import check_row
+    errors = check_row({**GOOD, **change}, FIELDS, json_as_text=True)
+    if words is None:
+        assert errors == []
+        return
+    assert len(errors) == 1 and errors[0]["reason"] == "invalid"
+    assert errors[0]["location"] == column and words in errors[0]["message"]

@@ -32,7 +32,9 @@ from apache_beam.metrics import Metrics
 
 from schemas import warehouse
 from transforms import codec
-from transforms.columns import ObserveColumns, columns_for, table_of, tables
+from transforms.bigquery_rows import check_row
+from transforms.columns import (ObserveColumns, columns_for, known_columns, table_of,
+                               tables)
 from transforms.sinks import create_ndjson
 from transforms.types import ShardLines
 
@@ -49,6 +51,11 @@ STORAGE_WRITE_API_UNSUPPORTED = (
     "through the Java expansion service and without a schema per table; use file_loads "
     "(batch) or streaming_inserts (see docs/bigquery.md)")
 STAGING_HOURS = 24
+
+
+def staging_name(table: str, run_id: str) -> str:
+    """This run's staging table for ``table`` (PrepareTables makes it, MergeRuns drops it)."""
+    return f"{table}__run_{run_id[:16]}"
 
 
 def parse_dataset(dataset: str) -> tuple[str, str]:
@@ -203,45 +210,71 @@ class _PrepareTables(beam.DoFn):
             # its column is rejected row by row by the write, not by the MERGE
             columns = [{"name": f.name, "type": f.field_type, "mode": f.mode}
                        for f in client.get_table(f"{prefix}.{table}").schema]
-            staging = f"{table}__run_{self._run_id[:16]}"
+            staging = staging_name(table, self._run_id)
             client.delete_table(f"{prefix}.{staging}", not_found_ok=True)
             _create_table(client, f"{prefix}.{staging}", columns, False, expires)
             out[event_type] = {"table": table, "staging": staging,
                                "schema": {"fields": [
                                    {k: c[k] for k in ("name", "type", "mode")}
                                    for c in columns]},
-                               "json": [c["name"] for c in columns if c["type"] == "JSON"]}
+                               "json": [c["name"] for c in columns if c["type"] == "JSON"],
+                               # JSON columns whose values are JSON text (`properties`);
+                               # the others (new fields of several kinds) hold values
+                               "json_text": [c["name"] for c in known_columns(event_type)
+                                             if c["type"] == "JSON"]}
         yield out
 
 
-def _bq_value(value: Any, as_json: bool, json_as_text: bool) -> Any:
-    if not as_json or value is None:
-        return value
-    if isinstance(value, str):  # `properties`: JSON text, checked by validation
-        return value if json_as_text else codec.loads(value)
-    return codec.dumps(value).decode() if json_as_text else value
+def _text_row(event: dict, spec: dict) -> dict:
+    """An event as a BigQuery row with JSON columns as JSON text and ``event_timestamp``
+    (from ``time``) as text: what streaming inserts send, and what the check reads."""
+    row = {}
+    for key, value in event.items():
+        if key in spec["json"] and value is not None and not (
+                key in spec["json_text"] and isinstance(value, str)):
+            value = codec.dumps(value).decode()
+        row[key] = value
+    t = event.get("time")
+    if isinstance(t, int) and not isinstance(t, bool):
+        row[warehouse.TIMESTAMP_COLUMN] = datetime.datetime.fromtimestamp(
+            t, tz=datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return row
+
+
+def _load_row(row: dict, spec: dict) -> dict:
+    """A checked text row as a load file wants it: JSON columns as JSON values."""
+    return {k: codec.loads(v) if k in spec["json"] and isinstance(v, str) else v
+            for k, v in row.items()}
 
 
 class _ToRows(beam.DoFn):
-    """ShardLines -> one BigQuery row (dict) per event, JSON columns as the method wants
-    them (text for streaming inserts, JSON values in load files)."""
+    """ShardLines -> one BigQuery row (dict) per event, in the form the method takes
+    (``load``: JSON columns as values, for load files; ``text``: as JSON text, for
+    streaming inserts and the Storage Write API).
 
-    def __init__(self, json_as_text: bool):
-        self._json_as_text = json_as_text
+    With ``check`` (load jobs, the Storage Write API), a row BigQuery would refuse for
+    the table's live columns goes to the ``REJECTED`` output as (staging table, row,
+    BigQuery-shaped errors), as Beam returns a refused streaming insert; see
+    ``transforms.bigquery_rows``."""
 
-    def process(self, element: ShardLines, prepared: dict) -> Iterator[dict]:
+    def __init__(self, form: str, check: bool, project: str, dataset: str):
+        self._form, self._check = form, check
+        self._project, self._dataset = project, dataset
+
+    def process(self, element: ShardLines, prepared: dict) -> Iterator:
         _, lines = element
         for line in lines:
             event = codec.loads(line)
             spec = prepared[event["event_type"]]
-            json_columns = spec["json"]
-            row = {k: _bq_value(v, k in json_columns, self._json_as_text)
-                   for k, v in event.items()}
-            t = event.get("time")
-            if isinstance(t, int) and not isinstance(t, bool):
-                row[warehouse.TIMESTAMP_COLUMN] = datetime.datetime.fromtimestamp(
-                    t, tz=datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-            yield row
+            row = _text_row(event, spec)
+            if self._check:
+                errors = check_row(row, spec["schema"]["fields"], json_as_text=True,
+                                   limit="load" if self._form == "load" else "storage")
+                if errors:
+                    yield beam.pvalue.TaggedOutput(REJECTED, (
+                        f"{self._project}:{self._dataset}.{spec['staging']}", row, errors))
+                    continue
+            yield _load_row(row, spec) if self._form == "load" else row
 
 
 def _quote(name: str) -> str:
@@ -282,8 +315,12 @@ class _MergeRuns(beam.DoFn):
                     prune = (f" AND T.{warehouse.TIMESTAMP_COLUMN} BETWEEN "
                              f"TIMESTAMP '{bounds['lo'].isoformat()}' AND "
                              f"TIMESTAMP '{bounds['hi'].isoformat()}'")
+                # one row per (event_type, id) from the staging table: a write that
+                # is at least once (a retried bundle, the Storage Write API's default
+                # stream) may have put a row there twice
                 job = client.query(
-                    f"MERGE `{target}` T USING `{staging}` S "
+                    f"MERGE `{target}` T USING (SELECT * FROM `{staging}` WHERE TRUE "
+                    f"QUALIFY ROW_NUMBER() OVER (PARTITION BY event_type, id) = 1) S "
                     f"ON T.event_type = S.event_type AND T.id = S.id{prune} "
                     f"WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({values})")
                 job.result()
@@ -338,9 +375,9 @@ class WriteToWarehouse(beam.PTransform):
     BigQuery-compatible URL instead of Google's. ``run_id`` names the staging tables;
     ``temp_dir`` is where the dead-letter file goes (committed with the other outputs).
     ``columns``: the ``ObserveColumns`` output if already made. File loads stage their
-    files under the pipeline's ``--temp_location`` (gs://). Returns ``{"stats": one counters
-    dict (after the MERGE), "dead_letter": the dead-letter file's path relative to
-    temp_dir, if any rows were rejected}``.
+    files under the pipeline's ``--temp_location`` (gs://). Returns ``{"stats": one
+    counters dict (after the MERGE), "dead_letter": the dead-letter file's path relative
+    to temp_dir, if any rows were rejected}``.
     """
 
     def __init__(self, dataset: str, method: str = "file_loads", endpoint: str | None = None,
@@ -366,8 +403,12 @@ class WriteToWarehouse(beam.PTransform):
                         _PrepareTables(project, dataset, endpoint, self._run_id),
                         extras=beam.pvalue.AsSingleton(columns)))
         ready = beam.pvalue.AsSingleton(prepared)
-        rows = events | "ToRows" >> beam.ParDo(
-            _ToRows(json_as_text=self._method != "file_loads"), prepared=ready)
+        checked = events | "ToRows" >> beam.ParDo(
+            _ToRows("load" if self._method == "file_loads" else "text",
+                    self._method != "streaming_inserts", project, dataset),
+            prepared=ready).with_outputs(REJECTED, main="rows")
+        rows, rejected = checked.rows, [checked[REJECTED]]
+        method, label = self._method, "WriteToBigQuery"
 
         def staging_table(row, prepared):
             return f"{project}:{dataset}.{prepared[row['event_type']]['staging']}"
@@ -377,30 +418,27 @@ class WriteToWarehouse(beam.PTransform):
             return next(s["schema"] for s in prepared.values() if s["staging"] == name)
 
         options = {}
-        if self._method == "streaming_inserts":
+        if method == "streaming_inserts":
             options["insert_retry_strategy"] = RetryStrategy.RETRY_NEVER
-        if self._method == "storage_write_api" and self._expansion_service:
-            options["expansion_service"] = self._expansion_service
-        result = rows | "WriteToBigQuery" >> WriteToBigQuery(
+        result = rows | label >> WriteToBigQuery(
             table=staging_table, schema=staging_schema,
             table_side_inputs=(ready,), schema_side_inputs=(ready,),
             create_disposition=BigQueryDisposition.CREATE_NEVER,
             write_disposition=BigQueryDisposition.WRITE_APPEND,
-            method=METHODS[self._method],
+            method=METHODS[method],
             test_client=EndpointClient(project, endpoint) if endpoint else None,
             **options)
-        if self._method == "file_loads":
+        if method == "file_loads":
             load_jobs = (result.destination_load_jobid_pairs,
                          result.destination_copy_jobid_pairs) | "AllJobs" >> beam.Flatten()
-            rejected = None
         else:
-            load_jobs, rejected = None, result.failed_rows_with_errors
-        empty = p | "NoneOf" >> beam.Create([])
-        load_jobs = beam.pvalue.AsList(load_jobs if load_jobs is not None else empty)
-        rejected_list = beam.pvalue.AsList(rejected if rejected is not None else empty)
+            load_jobs = p | "NoLoadJobs" >> beam.Create([])
+            rejected.append(result.failed_rows_with_errors)
+        rejected_list = beam.pvalue.AsList(rejected | "AllRejected" >> beam.Flatten())
         stats = (p | "Once" >> beam.Create([None])
                  | "MergeRuns" >> beam.ParDo(_MergeRuns(project, dataset, endpoint),
-                                             prepared=ready, load_jobs=load_jobs,
+                                             prepared=ready,
+                                             load_jobs=beam.pvalue.AsList(load_jobs),
                                              rejected=rejected_list))
         dead = (p | "Rejected" >> beam.Create([None])
                 | "WriteDeadLetter" >> beam.ParDo(
