@@ -218,7 +218,7 @@ def warehouse_outputs(events: beam.PCollection, cfg: RunConfig, root: str,
     if cfg.bigquery_dataset:
         bq = events | "WriteToWarehouse" >> WriteToWarehouse(
             cfg.bigquery_dataset, cfg.bigquery_method, cfg.bigquery_endpoint, run_id,
-            temp_dir, columns)
+            temp_dir, columns, cfg.bigquery_expansion_service)
         stats.append(bq["stats"])
         files.append(bq["dead_letter"])
     return stats, files
@@ -369,6 +369,12 @@ def run(argv: list[str] | None = None) -> int:
         return _fail("--bigquery-method file_loads stages its load files in Cloud Storage: "
                      "pass --temp_location gs://BUCKET/PATH (or use --bigquery-method "
                      "streaming_inserts)", 2)
+    if cfg.bigquery_dataset and cfg.bigquery_method == "storage_write_api":
+        from transforms.bigquery import storage_write_api_missing
+        missing = storage_write_api_missing(cfg.bigquery_expansion_service,
+                                            _job_not_run_here(PipelineOptions(beam_args)))
+        if missing:
+            return _fail(missing, 2)
     if cfg.streaming:
         from pipelines.streaming import run_streaming
         return run_streaming(cfg, beam_args)

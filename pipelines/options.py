@@ -107,6 +107,15 @@ class RunConfig(BaseModel):
     bigquery_method: Literal["file_loads", "streaming_inserts",
                              "storage_write_api"] = "file_loads"
     bigquery_endpoint: str | None = None
+    bigquery_expansion_service: str | None = None  # HOST:PORT
+
+    @field_validator("bigquery_expansion_service")
+    @classmethod
+    def _host_port(cls, value):
+        if value is not None and not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}",
+                                                  value):
+            raise ValueError(f"must be HOST:PORT (like localhost:8097), not {value!r}")
+        return value
 
     @field_validator("bigquery_dataset")
     @classmethod
@@ -201,11 +210,17 @@ class RunConfig(BaseModel):
             max_backoff=max(self.delivery_backoff, min(60.0, self.delivery_timeout / 4)),
             max_rps=getattr(self, f"{partner}_max_rps"), dry_run=self.deliver_dry_run,
             concurrency=self.delivery_concurrency)
+
     @model_validator(mode="after")
     def _bigquery_settings(self):
-        if self.bigquery_dataset and self.bigquery_method == "storage_write_api":
-            from transforms.bigquery import STORAGE_WRITE_API_UNSUPPORTED
-            raise ValueError(STORAGE_WRITE_API_UNSUPPORTED)
+        storage = self.bigquery_method == "storage_write_api"
+        if self.bigquery_expansion_service and not storage:
+            raise ValueError("--bigquery-expansion-service is for --bigquery-method "
+                             "storage_write_api only")
+        if self.bigquery_dataset and storage and self.bigquery_endpoint:
+            raise ValueError("--bigquery-endpoint does not reach storage_write_api's Java "
+                             "writer (it speaks gRPC to Google's Storage Write API): use "
+                             "file_loads or streaming_inserts with an endpoint")
         return self
 
     def pii_policy(self, output: str) -> str:
@@ -427,12 +442,17 @@ def parser() -> argparse.ArgumentParser:
                     default="file_loads",
                     choices=("file_loads", "streaming_inserts", "storage_write_api"),
                     help="how rows reach BigQuery (default: file_loads; load jobs from "
-                         "files under --temp_location, gs://); storage_write_api is not "
-                         "available yet (docs/bigquery.md)")
+                         "files under --temp_location, gs://); storage_write_api needs "
+                         "Java or --bigquery-expansion-service (docs/bigquery.md)")
     ap.add_argument("--bigquery-endpoint", "--bigquery_endpoint", dest="bigquery_endpoint",
                     default=None,
                     help="URL of a BigQuery-compatible endpoint (a local emulator, a "
                          "private endpoint) instead of Google's")
+    ap.add_argument("--bigquery-expansion-service", "--bigquery_expansion_service",
+                    dest="bigquery_expansion_service", default=None, metavar="HOST:PORT",
+                    help="with --bigquery-method storage_write_api: a running Beam Java "
+                         "expansion service (default: Beam starts its jar with Java, "
+                         "downloaded once)")
     ap.add_argument("--state", default=None,
                     help="folder (local or gs://) remembering earlier runs: only .avro "
                          "files no committed run processed are read, outputs go to "

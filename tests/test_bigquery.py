@@ -255,3 +255,34 @@ def test_row_check_follows_bigquery_load_rules(change, column, words):
         return
     assert len(errors) == 1 and errors[0]["reason"] == "invalid"
     assert errors[0]["location"] == column and words in errors[0]["message"]
+
+
+def test_storage_write_rows_encode_as_beam_rows_of_the_generated_schemas():
+    """Beam's Python side of STORAGE_WRITE_API, which runs here (the Java write needs the
+    expansion service): a complete row of every catalogue type, checked, through
+    ToBeamTypes, then Beam's own dict -> Row conversion with the type's static schema and
+    the Row coder of that schema's type hints (JSON as text, as WriteToWarehouse asks)."""
+    import apache_beam as beam
+    from apache_beam.io.gcp import bigquery_tools
+    from apache_beam.typehints.row_type import RowTypeConstraint
+
+    from transforms.bigquery import _text_row, _ToBeamTypes
+    from transforms.bigquery_rows import check_row
+    from transforms.columns import tables
+    types = tables()["event_types"]
+    assert len(types) == 68
+    for etype, spec in sorted(types.items()):
+        schema = {"fields": [{k: c[k] for k in ("name", "type", "mode")}
+                             for c in spec["columns"]]}
+        event = {**make_record(etype, seed=7, complete=True), "event_type": etype}
+        json_columns = [c["name"] for c in spec["columns"] if c["type"] == "JSON"]
+        row = _text_row(event, {"json": json_columns, "json_text": json_columns})
+        assert check_row(row, schema["fields"], json_as_text=True, limit="storage") == []
+        [typed] = _ToBeamTypes({}).process(row)
+        beam_row = bigquery_tools.beam_row_from_dict(dict(typed), schema)
+        hints = RowTypeConstraint.from_fields(
+            bigquery_tools.get_beam_typehints_from_tableschema(schema, {"JSON": str}))
+        coder = beam.coders.registry.get_coder(hints)
+        back = coder.decode(coder.encode(beam_row))
+        assert back.event_timestamp.micros == event["time"] * 1_000_000, etype
+        assert back.id == event["id"], etype

@@ -7,6 +7,7 @@ credentials or creating the Dataflow client fails them, and names other than thi
 machine's do not resolve (conftest).
 """
 import json
+import shutil
 
 import apache_beam as beam
 import pytest
@@ -125,14 +126,17 @@ def test_flex_template_parameters_reach_the_pipeline_config():
               "pii_amplitude": "keep", "pii_mixpanel": "drop", "pii_mparticle": "drop",
               "pii_segment": "keep", "pii_identities": "false",
               "parquet_output": "gs://b/lake", "bigquery_dataset": "my-project:currents",
-              "bigquery_method": "streaming_inserts",
+              "bigquery_method": "storage_write_api",
               "bigquery_endpoint": "http://127.0.0.1:9050",
+              "bigquery_expansion_service": "localhost:8097",
               "state": "gs://b/state", "dedup_window": "72h", "streaming": "false",
               "poll_interval": "30", "window": "15", "stop_after": "3600"}
     for p in flex_template_metadata()["parameters"]:
         for regex in p.get("regexes", []):
             assert re.fullmatch(regex, values[p["name"]]), p["name"]
-    cfg, beam_args = parse([f"--{k}={v}" for k, v in values.items()])
+    # every value but the endpoint, which storage_write_api's Java writer cannot use
+    cfg, beam_args = parse([f"--{k}={v}" for k, v in values.items()
+                            if k != "bigquery_endpoint"])
     assert beam_args == []
     assert (cfg.input, cfg.output, cfg.partners, cfg.mparticle_environment, cfg.shards,
             cfg.batch_size, cfg.max_invalid_ratio) == (
@@ -143,6 +147,8 @@ def test_flex_template_parameters_reach_the_pipeline_config():
     assert (cfg.state, cfg.dedup_window) == ("gs://b/state", 72 * 3600)
     assert (cfg.streaming, cfg.poll_interval, cfg.window, cfg.stop_after) == (
         False, 30.0, 15.0, 3600.0)
+    assert (cfg.bigquery_dataset, cfg.bigquery_method, cfg.bigquery_expansion_service) == (
+        "my-project:currents", "storage_write_api", "localhost:8097")
     assert (cfg.no_backfill_identities, cfg.pii_policy("events"), cfg.pii_policy("mixpanel"),
             cfg.pii_identities) == (True, "keep", "drop", False)
 
@@ -171,28 +177,30 @@ def test_cli_builds_the_streaming_job_offline(offline, gcs_emulator, capsys):
     assert [b.name for b in gcs_emulator.client.list_blobs("stream-out")] == []
 
 
-def test_dataflow_job_has_the_warehouse_steps_with_the_generated_schemas(offline):
-    """--bigquery-dataset (file loads) and --parquet-output in the job graph; the step that
-    creates the tables carries every generated schema (shown in Dataflow's UI)."""
-    from apache_beam.portability.api import beam_runner_api_pb2
-    from schemas import warehouse
+def warehouse_dry_run(*extra: str) -> dict:
+    """The Dataflow dry run of a job writing to my-project:currents (run id "dry"):
+    its steps by name."""
     cfg, _ = parse(["--input", "gs://my-input-bucket/currents", "--output",
                     "gs://my-output-bucket/run", "--partners", "", "--bigquery-dataset",
-                    "my-project:currents", "--parquet-output", "gs://my-lake/currents"])
+                    "my-project:currents", *extra])
     p = beam.Pipeline(options=PipelineOptions(DATAFLOW, save_main_session=False))
     build(p, cfg, "gs://my-output-bucket/run/_temporary/dry")
     result = p.run()
-    transforms = {t.unique_name: t for t in
-                  result.job.proto_pipeline.components.transforms.values()}
+    assert result.state == "DONE"
+    return {t.unique_name: t for t in result.job.proto_pipeline.components.transforms.values()}
+
+
+def test_dataflow_job_has_the_warehouse_steps_with_the_generated_schemas(offline):
+    """--bigquery-dataset (file loads) and --parquet-output in the job graph; the step that
+    creates the tables carries every generated schema (shown in Dataflow's UI)."""
+    from schemas import warehouse
+    transforms = warehouse_dry_run("--parquet-output", "gs://my-lake/currents")
     load = "WriteToWarehouse/WriteToBigQuery/BigQueryBatchFileLoads"
     assert {"WriteToWarehouse/PrepareTables", f"{load}/TriggerLoadJobsWithoutTempTables",
             f"{load}/ParDo(WriteRecordsToFile)", "WriteToWarehouse/MergeRuns",
             "WriteToWarehouse/WriteDeadLetter", "WriteParquet/WriteFiles",
             "WriteParquet/Commit"} <= set(transforms)
-    shown = {}
-    for d in transforms["WriteToWarehouse/PrepareTables"].display_data:
-        label = beam_runner_api_pb2.LabelledPayload.FromString(d.payload)
-        shown[label.label] = label.string_value
+    shown = _shown(transforms["WriteToWarehouse/PrepareTables"])
     assert shown["dataset"] == "my-project:currents"
     assert json.loads(shown["partitioning"]) == {"type": "DAY", "field": "event_timestamp"}
     generated = sorted(warehouse.BIGQUERY_DIR.glob("users_*.json"))
@@ -203,11 +211,105 @@ def test_dataflow_job_has_the_warehouse_steps_with_the_generated_schemas(offline
             {k: c[k] for k in ("name", "type", "mode")} for c in columns]
 
 
-def test_storage_write_api_is_refused_with_the_reason():
-    """Beam runs it through its Java expansion service (not fetchable offline) and without
-    a schema per table: a clear option error, not a stack trace (docs/bigquery.md)."""
-    with pytest.raises(ValueError, match="storage_write_api.*Java expansion service"):
-        parse(["--input", "in", "--output", "out", "--partners", "", "--bigquery-dataset",
-               "p:d", "--bigquery-method", "storage_write_api"])
-    assert run(["--input", "in", "--output", "out", "--partners", "", "--bigquery-dataset",
-                "p:d", "--bigquery-method", "storage_write_api"]) == 2
+def _shown(transform) -> dict:
+    """A step's display data, label -> text, as the job graph carries it."""
+    from apache_beam.portability.api import beam_runner_api_pb2
+    shown = {}
+    for d in transform.display_data:
+        label = beam_runner_api_pb2.LabelledPayload.FromString(d.payload)
+        shown[label.label] = label.string_value
+    return shown
+
+
+def test_dataflow_job_shows_the_storage_write_api_configuration(offline, monkeypatch,
+                                                                 tmp_path):
+    """--bigquery-method storage_write_api in an offline dry run: one write per event type
+    into its staging table with its generated schema, its settings and the expansion
+    service on the step; new fields go to a write with a schema per table. With no
+    expansion service here (no cached jar: Beam's cache is an empty folder), the Java
+    write itself is not expanded, and the step says so."""
+    from apache_beam.utils.subprocess_server import JavaJarServer
+    from schemas import warehouse
+    monkeypatch.setattr(JavaJarServer, "JAR_CACHE", str(tmp_path / "jars"))
+    transforms = warehouse_dry_run("--bigquery-method", "storage_write_api")
+    assert {"WriteToWarehouse/PrepareTables", "WriteToWarehouse/BySchema",
+            "WriteToWarehouse/NewFieldsByStreamingInserts", "WriteToWarehouse/MergeRuns",
+            "WriteToWarehouse/WriteDeadLetter"} <= set(transforms)
+    generated = sorted(warehouse.BIGQUERY_DIR.glob("users_*.json"))
+    assert len(generated) == 68
+    jar = f"beam-sdks-java-io-google-cloud-platform-expansion-service-{beam.__version__}.jar"
+    for path in generated:
+        step = f"WriteToWarehouse/StorageWriteApi[{path.stem}]"
+        shown = _shown(transforms[f"{step}/ToBeamTypes"])
+        assert shown["table"] == f"my-project:currents.{path.stem}__run_dry"
+        assert shown["method"] == "STORAGE_WRITE_API"
+        assert json.loads(shown["schema"]) == [
+            {k: c[k] for k in ("name", "type", "mode")}
+            for c in json.loads(path.read_text())]
+        assert shown["semantics"].startswith("at_least_once")
+        assert shown["triggering_frequency"].startswith("none")
+        assert shown["create_disposition"].startswith("CREATE_NEVER")
+        assert jar in shown["expansion_service"]
+        assert shown["expanded"].startswith("no: dry run")
+        assert f"{step}/JavaWriteNotExpanded" in transforms
+
+
+def _storage_write_run(tmp_path, *extra: str) -> list[str]:
+    return ["--output", str(tmp_path / "out"), "--partners", "", "--bigquery-dataset",
+            "p:d", "--bigquery-method", "storage_write_api", *extra]
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_storage_write_api_without_java_fails_fast(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no java on it
+    assert run(_storage_write_run(tmp_path)) == 2
+    err = _one_error_line(capsys)
+    assert "no Java" in err and "--bigquery-expansion-service" in err
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="needs java on PATH")
+def test_storage_write_api_without_the_jar_fails_fast(monkeypatch, tmp_path, capsys):
+    """Java is here but not Beam's expansion service jar, and it cannot be downloaded
+    (tests reach only this machine): one line naming the jar and where it goes."""
+    from apache_beam.utils.subprocess_server import JavaJarServer
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setattr(JavaJarServer, "JAR_CACHE", str(tmp_path / "jars"))
+    assert run(_storage_write_run(tmp_path)) == 2
+    err = _one_error_line(capsys)
+    assert "beam-sdks-java-io-google-cloud-platform-expansion-service" in err
+    assert str(tmp_path / "jars") in err and "could not be downloaded" in err
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_storage_write_api_with_an_expansion_service_that_does_not_answer(
+        dry_run, tmp_path, capsys):
+    from tests.conftest import free_port
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    extra = ["--bigquery-expansion-service", address]
+    if dry_run:
+        extra += DATAFLOW
+    assert run(_storage_write_run(tmp_path, *extra)) == 2
+    err = _one_error_line(capsys)
+    assert f"--bigquery-expansion-service {address}: nothing answers" in err
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--bigquery-endpoint", "http://127.0.0.1:9050"], "does not reach storage_write_api"),
+    (["--bigquery-expansion-service", "bad address"], "HOST:PORT"),
+])
+def test_storage_write_api_option_errors(args, words, tmp_path, capsys):
+    assert run(_storage_write_run(tmp_path, *args)) == 2
+    assert words in _one_error_line(capsys)
+
+
+def test_expansion_service_is_only_for_storage_write_api(tmp_path, capsys):
+    assert run(["--output", str(tmp_path / "out"), "--partners", "", "--bigquery-dataset",
+                "p:d", "--bigquery-expansion-service", "localhost:8097"]) == 2
+    assert "only" in _one_error_line(capsys)

@@ -6,8 +6,10 @@ Steps (docs/bigquery.md says why):
    ``schemas/bigquery/``, partitioned by the day of ``event_timestamp``, clustered by the
    user ids) and the dead-letter table when missing; add the run's new fields as NULLABLE
    columns; create one staging table per type for this run (expires after a day).
-2. Beam's ``WriteToBigQuery`` (file loads, streaming inserts or the Storage Write API)
-   into the staging tables. Rows BigQuery rejects come back from the sink.
+2. Beam's ``WriteToBigQuery`` (file loads, streaming inserts or the Storage Write API:
+   one write per event type with its static schema, new fields by streaming inserts)
+   into the staging tables. Rows that would not load are held back by a check
+   (``transforms.bigquery_rows``); rows BigQuery still rejects come back from the sink.
 3. ``MergeRuns`` (once, after every write): ``MERGE`` each staging table into its table on
    ``(event_type, id)``, inserting only the events not already there, then drop the
    staging table. A rerun of the same input inserts nothing.
@@ -21,6 +23,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
+import shutil
+import socket
 import time
 from typing import Any, Iterator
 from urllib.parse import urlparse
@@ -32,7 +37,7 @@ from apache_beam.metrics import Metrics
 
 from schemas import warehouse
 from transforms import codec
-from transforms.bigquery_rows import check_row
+from transforms.bigquery_rows import check_row, error
 from transforms.columns import (ObserveColumns, columns_for, known_columns, table_of,
                                tables)
 from transforms.sinks import create_ndjson
@@ -42,14 +47,9 @@ METHODS = {"file_loads": WriteToBigQuery.Method.FILE_LOADS,
            "streaming_inserts": WriteToBigQuery.Method.STREAMING_INSERTS,
            "storage_write_api": WriteToBigQuery.Method.STORAGE_WRITE_API}
 REJECTED = "bigquery_rejected"
-# Beam 2.77's Python STORAGE_WRITE_API is a Java cross-language transform: expanding it
-# starts Beam's Java expansion service (a jar fetched from Maven Central, and Java), and
-# it refuses a schema per destination (NotImplementedError), which one table per event
-# type needs. See docs/bigquery.md.
-STORAGE_WRITE_API_UNSUPPORTED = (
-    "--bigquery-method storage_write_api is not available yet: Beam's Python SDK runs it "
-    "through the Java expansion service and without a schema per table; use file_loads "
-    "(batch) or streaming_inserts (see docs/bigquery.md)")
+# Beam's Java expansion service for the Storage Write API (Beam starts this jar with Java
+# unless --bigquery-expansion-service names a running one)
+EXPANSION_SERVICE_TARGET = "sdks:java:io:google-cloud-platform:expansion-service:build"
 STAGING_HOURS = 24
 
 
@@ -367,6 +367,145 @@ class _WriteDeadLetter(beam.DoFn):
         yield relative
 
 
+def expansion_service_jar() -> str:
+    """The jar Beam starts as its Java expansion service (for this Beam version: a Maven
+    Central URL, or a path when Beam's jar replacements name one)."""
+    from apache_beam.utils.subprocess_server import JavaJarServer
+    return JavaJarServer.path_to_beam_jar(EXPANSION_SERVICE_TARGET)
+
+
+def java_path() -> str | None:
+    """The Java Beam would start the jar with ($JAVA_HOME/bin/java, else java on PATH)."""
+    home = os.environ.get("JAVA_HOME")
+    return shutil.which(os.path.join(home, "bin", "java") if home else "java")
+
+
+def _local_jar() -> bool:
+    """Beam could start its expansion service here without a download."""
+    from apache_beam.utils.subprocess_server import JavaJarServer
+    jar = expansion_service_jar()
+    return java_path() is not None and (os.path.exists(jar) or os.path.exists(
+        os.path.join(JavaJarServer.JAR_CACHE, os.path.basename(jar))))
+
+
+def storage_write_api_missing(expansion_service: str | None,
+                              dry_run: bool = False) -> str | None:
+    """What ``--bigquery-method storage_write_api`` lacks here, as one sentence, or None.
+
+    Beam expands that write through its Java expansion service while it builds the
+    pipeline: a running one (``expansion_service``, HOST:PORT) must answer, or Beam
+    starts its jar with Java (downloading the jar once into its cache). Checked before
+    the run so a missing piece is one line (exit 2), not a stack trace from inside Beam.
+    A dry run without them is built with the writes not expanded (docs/bigquery.md)."""
+    if expansion_service:
+        host, _, port = expansion_service.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+        except OSError as exc:
+            return (f"--bigquery-expansion-service {expansion_service}: nothing answers "
+                    f"there ({exc}); --bigquery-method storage_write_api needs Beam's Java "
+                    "expansion service running at that address")
+        return None
+    if dry_run:
+        return None
+    if java_path() is None:
+        return ("--bigquery-method storage_write_api needs Beam's Java expansion service, "
+                "and there is no Java to start it ($JAVA_HOME/bin/java or java on PATH): "
+                "install a Java runtime (11+) or pass --bigquery-expansion-service "
+                "HOST:PORT of a running one")
+    from apache_beam.utils.subprocess_server import JavaJarServer
+    jar = expansion_service_jar()
+    try:
+        JavaJarServer.local_jar(jar)
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        return (f"--bigquery-method storage_write_api needs Beam's Java expansion service "
+                f"jar {os.path.basename(jar)}: not in {JavaJarServer.JAR_CACHE} and it "
+                f"could not be downloaded ({reason}); put the jar there or pass "
+                "--bigquery-expansion-service HOST:PORT of a running expansion service")
+    return None
+
+
+class _ToBeamTypes(beam.DoFn):
+    """Checked text rows as Beam's Storage Write API takes them: ``event_timestamp`` a
+    Beam Timestamp (its TIMESTAMP type), JSON columns as text. Carries the write's
+    configuration as display data: a DoFn's, unlike a composite's, stays in the job
+    graph Dataflow gets."""
+
+    def __init__(self, shown: dict):
+        self._shown = shown
+
+    def display_data(self) -> dict:
+        return self._shown
+
+    def process(self, row: dict) -> Iterator[dict]:
+        from apache_beam.utils.timestamp import Timestamp
+        out = dict(row)
+        if isinstance(row.get("time"), int) and not isinstance(row["time"], bool):
+            out[warehouse.TIMESTAMP_COLUMN] = Timestamp(seconds=row["time"])
+        yield out
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "to_rfc3339"):  # Beam Timestamp
+        return value.to_rfc3339()
+    if hasattr(value, "item") and not isinstance(value, (list, dict)):  # numpy scalar
+        return value.item()
+    return value
+
+
+def _storage_failure(failed: dict, table: str) -> tuple:
+    """Beam's failed Storage Write API row -> (table, row, errors) like the others."""
+    row = {k: _plain(v) for k, v in dict(failed["failed_row"]).items()}
+    return table, row, [error(None, str(failed["error_message"]))]
+
+
+class _StorageWrite(beam.PTransform):
+    """Rows of one event type -> Beam's ``WriteToBigQuery(method=STORAGE_WRITE_API)``
+    into the type's staging table, with its generated schema: static, since Beam's
+    Python Storage Write API takes no schema per destination. At-least-once (the
+    default stream): rows are committed as appended, so they are all in the staging
+    table once the write's failed rows are complete, which ``MergeRuns`` waits for; the
+    MERGE keeps one row per (event_type, id). Returns the refused rows as (table, row,
+    errors). ``expand_java`` False (a dry run with no expansion service here): the Java
+    write is not expanded, its configuration is still shown in the graph."""
+
+    def __init__(self, table: str, schema: dict, expansion_service: str | None,
+                 expand_java: bool):
+        super().__init__()
+        self._table, self._schema = table, schema
+        self._service, self._expand_java = expansion_service, expand_java
+
+    def configuration(self) -> dict:
+        """The write's configuration, shown in the job graph (on ``ToBeamTypes``)."""
+        service = (f"{self._service} (--bigquery-expansion-service)" if self._service
+                   else f"Beam's jar {expansion_service_jar()} started with Java "
+                        f"({java_path() or 'not found'})")
+        return {"table": self._table, "method": "STORAGE_WRITE_API",
+                "schema": json.dumps(self._schema["fields"]),
+                "semantics": "at_least_once (default stream; MergeRuns keeps one row per "
+                             "event_type, id)",
+                "triggering_frequency": "none (batch: rows are appended as they come)",
+                "create_disposition": "CREATE_NEVER (PrepareTables made the table)",
+                "expansion_service": service,
+                "expanded": ("yes" if self._expand_java else
+                             "no: dry run without an expansion service here")}
+
+    def expand(self, rows):
+        typed = rows | "ToBeamTypes" >> beam.ParDo(_ToBeamTypes(self.configuration()))
+        if not self._expand_java:
+            return typed | "JavaWriteNotExpanded" >> beam.FlatMap(lambda row: ())
+        result = (typed | "WriteToBigQuery" >> WriteToBigQuery(
+                      table=self._table, schema=self._schema,
+                      method=WriteToBigQuery.Method.STORAGE_WRITE_API,
+                      create_disposition=BigQueryDisposition.CREATE_NEVER,
+                      write_disposition=BigQueryDisposition.WRITE_APPEND,
+                      use_at_least_once=True, expansion_service=self._service,
+                      type_overrides={"JSON": str}))
+        return result.failed_rows_with_errors | "AsRejected" >> beam.Map(
+            _storage_failure, self._table)
+
+
 @beam.typehints.with_input_types(ShardLines)
 class WriteToWarehouse(beam.PTransform):
     """ShardLines of clean events -> BigQuery tables of ``dataset`` (``PROJECT:DATASET``).
@@ -375,9 +514,11 @@ class WriteToWarehouse(beam.PTransform):
     BigQuery-compatible URL instead of Google's. ``run_id`` names the staging tables;
     ``temp_dir`` is where the dead-letter file goes (committed with the other outputs).
     ``columns``: the ``ObserveColumns`` output if already made. File loads stage their
-    files under the pipeline's ``--temp_location`` (gs://). Returns ``{"stats": one
-    counters dict (after the MERGE), "dead_letter": the dead-letter file's path relative
-    to temp_dir, if any rows were rejected}``.
+    files under the pipeline's ``--temp_location`` (gs://). ``expansion_service``:
+    HOST:PORT of Beam's Java expansion service for storage_write_api (default: Beam
+    starts its jar). Returns ``{"stats": one counters dict (after the MERGE),
+    "dead_letter": the dead-letter file's path relative to temp_dir, if any rows were
+    rejected}``.
     """
 
     def __init__(self, dataset: str, method: str = "file_loads", endpoint: str | None = None,
@@ -387,12 +528,38 @@ class WriteToWarehouse(beam.PTransform):
         if method not in METHODS:
             raise ValueError(f"unknown BigQuery method {method!r}; choose from "
                              f"{', '.join(METHODS)}")
-        if method == "storage_write_api":
-            raise ValueError(STORAGE_WRITE_API_UNSUPPORTED)
         self._project, self._dataset = parse_dataset(dataset)
         self._method, self._endpoint = method, endpoint
         self._run_id, self._temp_dir, self._columns = run_id, temp_dir, columns
         self._expansion_service = expansion_service
+
+    def _storage_writes(self, rows):
+        """storage_write_api: one static write per catalogue type for the rows that fit
+        its generated schema; returns (their refused rows, the rest: rows with new
+        fields or of types outside the catalogue, for a write with a schema per
+        table)."""
+        from apache_beam.options.pipeline_options import TestOptions
+        types = sorted(tables()["event_types"])
+        index = {t: i for i, t in enumerate(types)}
+        known = {t: {c["name"] for c in tables()["event_types"][t]["columns"]} for t in types}
+
+        def route(row: dict, _: int) -> int:
+            i = index.get(row["event_type"])
+            return i if i is not None and row.keys() <= known[row["event_type"]] else len(types)
+
+        parts = rows | "BySchema" >> beam.Partition(route, len(types) + 1)
+        dry_run = rows.pipeline.options.view_as(TestOptions).dry_run
+        expand_java = bool(self._expansion_service) or not dry_run or _local_jar()
+        refused = []
+        for i, event_type in enumerate(types):
+            spec = tables()["event_types"][event_type]
+            schema = {"fields": [{k: c[k] for k in ("name", "type", "mode")}
+                                 for c in spec["columns"]]}
+            table = (f"{self._project}:{self._dataset}."
+                     f"{staging_name(spec['table'], self._run_id)}")
+            refused.append(parts[i] | f"StorageWriteApi[{spec['table']}]" >> _StorageWrite(
+                table, schema, self._expansion_service, expand_java))
+        return refused, parts[len(types)]
 
     def expand(self, events):
         p = events.pipeline
@@ -409,6 +576,10 @@ class WriteToWarehouse(beam.PTransform):
             prepared=ready).with_outputs(REJECTED, main="rows")
         rows, rejected = checked.rows, [checked[REJECTED]]
         method, label = self._method, "WriteToBigQuery"
+        if method == "storage_write_api":
+            refused, rows = self._storage_writes(rows)
+            rejected += refused
+            method, label = "streaming_inserts", "NewFieldsByStreamingInserts"
 
         def staging_table(row, prepared):
             return f"{project}:{dataset}.{prepared[row['event_type']]['staging']}"
