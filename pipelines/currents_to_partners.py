@@ -88,7 +88,7 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
                         ) | "AllFileReports" >> beam.Flatten()
     identity = unique.events | "ResolveIdentityMap" >> ResolveIdentityMap(
         cfg.identity_map, cfg.deletions, backfill=not cfg.no_backfill_identities, buckets=n,
-        spill_dir=spill_dir)
+        spill_dir=spill_dir, facts=unique.facts)
     events = identity.events  # each with identity_source, resolved_external_user_id
 
     root = input_root(cfg.input)  # shard by the path within the export, not its location

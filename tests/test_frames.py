@@ -64,7 +64,7 @@ def _both_ways(etype: str, schema: dict, records: list[dict]):
     TYPES + ["users.behaviors.Location", "users.behaviors.app.SessionEnd"] * 8), rows=st.lists(st.tuples(
     st.integers(0, 5000), st.sampled_from([None, None, "null_required", "bad_time", "empty_id",
                                            "null_optional", "bad_properties", "odd_text",
-                                           "non_finite"]),
+                                           "non_finite", "no_external"]),
     st.integers(0, 1000)), min_size=1, max_size=12),
     extras=st.lists(st.sampled_from(sorted(EXTRA)), unique=True, max_size=3),
     values=st.lists(st.one_of(st.none(), st.floats(width=32), st.floats(allow_nan=False),
@@ -89,8 +89,12 @@ def test_frame_validation_matches_the_row_path(etype, rows, extras, values):
         elif kind == "non_finite" and [n for n, f in spec.fields.items() if f.type == "float"]:
             name = [n for n, f in spec.fields.items() if f.type == "float"][0]
             record[name] = [float("inf"), float("-inf"), float("nan")][pick % 3]
+        elif kind == "no_external" and "external_user_id" in record:  # identity "none"
+            record["external_user_id"] = ["", None][pick % 2]
         elif kind == "odd_text":
             record["id"] = 'q"\\\n\x01é😀' + record["id"]
+            if record.get("external_user_id"):  # copied into resolved_external_user_id
+                record["external_user_id"] = 'x"\\é' + record["external_user_id"]
         for name, value in zip(extras, values):
             kind_of = EXTRA[name]
             ok = {"double": (float,), "float": (float,), "int": (int,), "string": (str,),

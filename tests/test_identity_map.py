@@ -4,6 +4,9 @@ UserDeleteRequest: tests/braze_schemas.py)."""
 from __future__ import annotations
 
 import json
+from collections import Counter
+
+import orjson
 from pathlib import Path
 
 import pytest
@@ -257,3 +260,60 @@ def test_identity_map_from_gs(gcs_emulator, tmp_path):
         "gina"]
     assert [(e["source"], e["line"]) for e in read_folder(out, "identity/errors")] == [
         ("gs://identity-maps/run1/map/part-0.ndjson", 2)]
+
+
+def test_the_map_is_the_same_with_or_without_dedup_facts():
+    """ResolveIdentityMap reads what it needs from DeduplicateEvents' facts (the pipeline)
+    or, given only the events (a user's pipeline), from the events themselves: the same
+    events, map and counts either way, for events with and without their own identity."""
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from transforms import DeduplicateEvents, ValidateEvents
+    from transforms.codec import dumps
+    from transforms.identity_map import ResolveIdentityMap
+
+    rows = [custom(1, "b-anon", None, 100), custom(2, "b-anon", "alice", 200),
+            custom(3, "b-two", "x1", 400), custom(4, "b-two", "x2", 500),
+            custom(5, "b-none", None, 92), custom(6, "b-anon", "", 300),
+            custom(7, "b-\"odd\\", None, 1), custom(8, "b-\"odd\\", "o\u00e9", 2)]
+    plain = [dumps({**r, "event_type": CUSTOM}) for r in rows[:3]]  # no identity fields
+
+    def outputs(p, with_facts: bool):
+        batches = p | f"Rows{with_facts}" >> beam.Create([(CUSTOM, "f.avro", 0, rows, None,
+                                                          None)])
+        unique = (batches | f"Validate{with_facts}" >> ValidateEvents()).valid | \
+            f"Dedup{with_facts}" >> DeduplicateEvents(3)
+        ids = unique.events | f"Resolve{with_facts}" >> ResolveIdentityMap(
+            buckets=2, facts=unique.facts if with_facts else None)
+        events = ids.events | f"Lines{with_facts}" >> beam.FlatMap(lambda sl: sl[1])
+        entries = ids.map | f"Map{with_facts}" >> beam.FlatMap(lambda sl: sl[1])
+        return events, entries, ids.stats
+
+    with TestPipeline() as p:
+        with_facts, without = outputs(p, True), outputs(p, False)
+        for i, (a, b) in enumerate(zip(with_facts[:2], without[:2])):
+            both = ((a | f"A{i}" >> beam.Map(lambda x: ("a", x)),
+                     b | f"B{i}" >> beam.Map(lambda x: ("b", x)))
+                    | f"Both{i}" >> beam.Flatten()
+                    | f"ByLine{i}" >> beam.Map(lambda kv: (kv[1], kv[0]))
+                    | f"Group{i}" >> beam.GroupByKey()
+                    | f"Sides{i}" >> beam.Map(lambda kv: sorted(kv[1])))
+            assert_that(both, equal_to([["a", "b"]] * (8 if i == 0 else 3)),
+                        label=f"same{i}")
+        for name, out in (("facts", with_facts), ("events", without)):
+            totals = out[2] | f"Sum{name}" >> beam.CombineGlobally(
+                lambda ds: dict(sum((Counter(d) for d in ds), Counter())))
+            assert_that(totals | f"Identity{name}" >> beam.Map(lambda d: {
+                k: v for k, v in d.items() if k in ("identity/from_event",
+                                                     "identity/backfilled_export",
+                                                     "identity/unresolved")}),
+                        equal_to([{"identity/from_event": 4, "identity/backfilled_export": 3,
+                                   "identity/unresolved": 1}]), label=f"counts-{name}")
+        # events made without ValidateEvents (no identity fields) are annotated as well
+        lone = (p | beam.Create([(0, plain)]) | "Plain" >> ResolveIdentityMap(buckets=1))
+        assert_that(lone.events | beam.FlatMap(lambda sl: [
+            (orjson.loads(x)["identity_source"], orjson.loads(x)["resolved_external_user_id"])
+            for x in sl[1]]), equal_to([("export", "alice"), ("event", "alice"),
+                                       ("event", "x1")]), label="plain")

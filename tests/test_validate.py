@@ -41,7 +41,7 @@ def test_each_dead_letter_reason(reason, etype, corrupt):
     corrupt(bad)
     with TestPipeline() as p:
         out = p | beam.Create([(etype, "src.avro", 10, [good, bad], None, None)]) | ValidateEvents()
-        assert_that(out.valid | "V" >> beam.FlatMap(lambda b: [(r, i) for r, _, i, _ in b[1]]),
+        assert_that(out.valid | "V" >> beam.FlatMap(lambda b: [(x[0], x[2]) for x in b[1]]),
                     equal_to([(10, good["id"])]), label="valid")
         assert_that(out.dead_letter | "D" >> beam.Map(
             lambda d: (d["row"], d["reason"], d["source"], d["event_type"], d["record"]["id"],
@@ -50,12 +50,21 @@ def test_each_dead_letter_reason(reason, etype, corrupt):
     assert reason in REASONS
 
 
-def test_valid_rows_keep_unknown_fields_and_gain_event_type():
-    rec = make_record(CLICK, seed=3, braze_added_later={"nested": [1, 2]})
+def test_valid_rows_keep_unknown_fields_and_gain_event_type_and_own_identity():
+    rec = make_record(CLICK, seed=3, braze_added_later={"nested": [1, 2]},
+                      external_user_id=None)
+    known = make_record(CLICK, seed=4, external_user_id="ext-4")
+    blank = make_record(CLICK, seed=5, external_user_id="")
     with TestPipeline() as p:
-        out = p | beam.Create([(CLICK, "s", 0, [rec], None, None)]) | ValidateEvents()
+        out = p | beam.Create([(CLICK, "s", 0, [rec, known, blank], None, None)]
+                              ) | ValidateEvents()
         payloads = out.valid | beam.FlatMap(lambda b: [orjson.loads(x[3]) for x in b[1]])
-        assert_that(payloads, equal_to([{**rec, "event_type": CLICK}]))
+        none = {"identity_source": "none", "resolved_external_user_id": None}
+        assert_that(payloads, equal_to([
+            {**rec, "event_type": CLICK, **none},
+            {**known, "event_type": CLICK, "identity_source": "event",
+             "resolved_external_user_id": "ext-4"},
+            {**blank, "event_type": CLICK, **none}]))
 
 
 def test_unknown_event_types_pass_unvalidated_and_are_counted():

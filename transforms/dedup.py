@@ -29,6 +29,11 @@ from transforms import seen as seen_store
 from transforms.checks import optional_str, positive_int
 from transforms.types import DUPLICATES, STATS, ShardLines, ValidBatch, ValidBatchIn
 
+# written by ValidateEvents, completed by ResolveIdentityMap: not part of a dropped copy
+OWN_IDENTITY = ("identity_source", "resolved_external_user_id")
+FACTS = "facts"  # output tag: per shard, what ResolveIdentityMap needs of each event
+ORPHAN = "users.UserOrphan"
+
 
 def shard_of(event_type: str, event_id: str, num_shards: int) -> int:
     """CRC32 of ``"<event_type>\\x00<id>"``: stable across processes, machines and Python
@@ -108,6 +113,16 @@ def _spill(folder: str, packed: list[tuple[int, bytes]]) -> list[tuple[int, tupl
     return refs
 
 
+def _facts(entry: tuple) -> Any:
+    """What the identity step needs of a survivor: ``(user_id, external_user_id, time,
+    event_type)``, None without a user_id, or the canonical JSON itself (to be parsed)
+    when the entry does not carry them or the step needs more (a UserOrphan's
+    ``orphaned_by_id``)."""
+    if len(entry) < 7 or entry[1] == ORPHAN:
+        return entry[3]
+    return (entry[4], entry[5], entry[6], entry[1]) if entry[4] else None
+
+
 def _unspilled(value: bytes | tuple) -> bytes:
     if isinstance(value, bytes):
         return value
@@ -120,8 +135,9 @@ def _unspilled(value: bytes | tuple) -> bytes:
 class _KeepOnePerKey(beam.DoFn):
     """All copies of a shard's keys -> sorted survivors, plus one line per dropped copy."""
 
-    def __init__(self, seen: Any = None):
+    def __init__(self, seen: Any = None, facts: bool = True):
         self._seen = seen  # transforms.seen.SeenStore, or None
+        self._facts = facts
 
     def process(self, element: tuple[int, Iterable[bytes]]) -> Iterator[Any]:
         yield from self._keep_one(*element)
@@ -135,9 +151,10 @@ class _KeepOnePerKey(beam.DoFn):
                 seen.update(((e[0], e[1]), e) for e in seen_store.seen_entries(blob))
                 continue
             source, entries = codec.unpack(_unspilled(blob))
-            for row, event_type, event_id, payload in entries:
+            for entry in entries:
+                row, event_type, event_id, payload = entry[:4]
                 key = (event_type, event_id)
-                copy = (payload, source, row)
+                copy = (payload, source, row, entry)
                 kept = best.get(key)
                 if kept is None:
                     best[key] = copy
@@ -158,22 +175,28 @@ class _KeepOnePerKey(beam.DoFn):
             stats[f"by_event_type/{event_type}"] = n
         keys = sorted(best)
         yield ShardLines(shard, [best[k][0] for k in keys])
+        if self._facts:
+            yield beam.pvalue.TaggedOutput(FACTS, (shard, [_facts(best[k][3]) for k in keys]))
         dropped += [(key, *e[:3]) for key, e in earlier.items()]
         if dropped:
             lines = []
-            for key, payload, source, row in sorted(dropped, key=lambda d: (d[0], d[2], d[3])):
+            for key, payload, source, row, *_ in sorted(dropped,
+                                                       key=lambda d: (d[0], d[2], d[3])):
                 if key in earlier:  # kept by an earlier run: compared by checksum
                     entry = earlier[key][3]  # (event_type, id, time, run_id, crc)
                     line = {"kept_source": None, "kept_row": None, "kept_run": entry[3],
                             "conflicting": seen_store.payload_crc(payload) != entry[4]}
                 else:
-                    kept_payload, kept_source, kept_row = best[key]
+                    kept_payload, kept_source, kept_row = best[key][:3]
                     line = {"kept_source": kept_source, "kept_row": kept_row,
                             "conflicting": payload != kept_payload}
                 stats["conflicting_duplicates"] += line["conflicting"]
+                record = codec.loads(payload)
+                for name in OWN_IDENTITY:  # the kept copy's, in events/, is the resolved one
+                    record.pop(name, None)
                 lines.append(codec.dumps({
                     "event_type": key[0], "id": key[1], "source": source, "row": row,
-                    **line, "record": codec.loads(payload)}))
+                    **line, "record": record}))
             yield beam.pvalue.TaggedOutput(DUPLICATES, ShardLines(shard, lines))
         yield beam.pvalue.TaggedOutput(STATS, dict(stats))
 
@@ -196,11 +219,15 @@ class DeduplicateEvents(beam.PTransform):
     ``seen``: a ``transforms.seen.SeenStore`` (incremental runs): survivors an earlier
     run kept become duplicates (``kept_run``, counted as ``duplicates_across_runs``),
     and the tagged ``seen_new`` output carries the store's next generation.
+    Tagged ``facts``: ``(shard, [per event of that shard's events, in order: (user_id,
+    external_user_id, time, event_type), None, or its JSON])`` for ResolveIdentityMap,
+    which then reads no event again to build the map (``facts=False``: not made).
     """
 
     def __init__(self, num_shards: int = 8, spill_dir: str | None = None,
-                 seen: Any = None):
+                 seen: Any = None, facts: bool = True):
         super().__init__()
+        self._facts = bool(facts)
         self._num_shards = positive_int("num_shards", num_shards)
         self._spill_dir = optional_str("spill_dir", spill_dir)
         self._seen = seen
@@ -208,7 +235,7 @@ class DeduplicateEvents(beam.PTransform):
     def expand(self, valid):
         scattered = valid | "ScatterToShards" >> beam.ParDo(
             _ScatterToShards(self._num_shards, self._spill_dir))
-        tags = [DUPLICATES, STATS]
+        tags = [DUPLICATES, STATS, FACTS]
         if self._seen is not None:  # the seen store joins the copies of its keys
             tags.append(seen_store.SEEN_NEW)
             scattered = (scattered, valid.pipeline | "ReadSeen" >> self._seen.read(
@@ -216,5 +243,6 @@ class DeduplicateEvents(beam.PTransform):
         return (
             scattered
             | "GroupByShard" >> beam.GroupByKey()
-            | "KeepOnePerKey" >> beam.ParDo(_KeepOnePerKey(self._seen)).with_output_types(
+            | "KeepOnePerKey" >> beam.ParDo(_KeepOnePerKey(self._seen, self._facts)
+                                            ).with_output_types(
                 ShardLines).with_outputs(*tags, main="events"))

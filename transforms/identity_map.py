@@ -10,8 +10,9 @@ event ``resolved_external_user_id`` and ``identity_source`` (``event``, ``export
 Events of users with a deletion request (``users.UserDeleteRequest``, ``--deletions``)
 are marked ``user_deleted`` and reach no partner.
 
-Everything is keyed by a bucket of braze_ids (two GroupByKeys, one batch per bucket and
-kind, not one element per event): no worker holds the whole map. The events read their
+Everything is keyed by a bucket of braze_ids (two GroupByKeys, one packed batch per
+bucket and kind, not one element per event: Beam encodes one bytes value, not each
+tuple in it): no worker holds the whole map. The events read their
 shard's resolutions from a multimap side input (by shard), so they are not shuffled
 again. Two things are held whole, both small by nature (docs/identity.md, "Memory and
 cost"): the UserOrphan merges, on one worker to follow chains, and the deletion
@@ -36,8 +37,10 @@ ORPHAN = "users.UserOrphan"
 DELETE_REQUEST = "users.UserDeleteRequest"
 # identity_source values
 EVENT, EXPORT, MERGE, USER_MAP, NONE = "event", "export", "merge", "user_map", "none"
-# Fields this step adds to each event in events/ (the partner formatter knows them)
-ADDED_FIELDS = ("identity_source", "resolved_external_user_id", "user_deleted")
+# Fields this step adds to each event in events/ (the partner formatter knows them);
+# ValidateEvents already writes each event's own (EVENT or NONE)
+SOURCE, RESOLVED = "identity_source", "resolved_external_user_id"
+ADDED_FIELDS = (SOURCE, RESOLVED, "user_deleted")
 DELETED_REASON = "user_deleted"
 
 MERGES, DELETIONS, EVIDENCE, NEEDS = "merges", "deletions", "evidence", "needs"
@@ -59,35 +62,61 @@ def bucket_of(braze_id: str, buckets: int) -> int:
     return zlib.crc32(braze_id.encode("utf-8", "surrogatepass")) % buckets
 
 
+def _parsed(line: bytes) -> tuple[Any, Any, int, Any, Any]:
+    """(user_id, external_user_id, time, event_type, orphaned_by_id) of one event."""
+    r = codec.loads(line)
+    return (r.get("user_id"), r.get("external_user_id"), _time(r.get("time")),
+            r.get("event_type"), r.get("orphaned_by_id"))
+
+
+def _facts_of(element: ShardLines) -> tuple[int, list]:
+    """Events without DeduplicateEvents' facts: each event's JSON, parsed by the scan."""
+    shard, lines = element
+    return shard, list(lines)
+
+
 class _Scan(beam.DoFn):
-    """One pass over a shard of deduplicated events: what the map is built from, in one
-    element per (bucket, kind): the shuffle pays per batch, not per event."""
+    """One pass over a shard's facts (DeduplicateEvents' ``facts``: per event, in the
+    shard's order, ``(user_id, external_user_id, time, event_type)``, None, or its JSON):
+    what the map is built from, in one element per (bucket, kind), so the shuffle pays
+    per batch, not per event."""
 
     def __init__(self, backfill: bool, buckets: int):
         self._backfill, self._buckets = backfill, buckets
 
-    def process(self, element: ShardLines) -> Iterator[Any]:
-        shard, lines = element
-        n = self._buckets
+    def setup(self):
+        self._bucket: dict[str, int] = {}  # braze_id -> bucket (a user has many events)
+
+    def process(self, element: tuple[int, list]) -> Iterator[Any]:
+        shard, entries = element
+        n, backfill, known = self._buckets, self._backfill, self._bucket
+        if len(known) > 1_000_000:
+            known.clear()
         batches: dict[tuple[int, str], list] = {}
         merges = []
-        for idx, line in enumerate(lines):
-            r = codec.loads(line)
-            uid, ext, etype = r.get("user_id"), r.get("external_user_id"), r.get("event_type")
-            if not _present(uid):
+        for idx, entry in enumerate(entries):
+            if entry is None:
                 continue
-            t = _time(r.get("time"))
-            if etype == ORPHAN and _present(r.get("orphaned_by_id")):
-                merges.append((uid, r["orphaned_by_id"], t, str(r.get("id"))))
+            orphaned_by = None
+            if type(entry) is bytes:
+                uid, ext, t, etype, orphaned_by = _parsed(entry)
+            else:
+                uid, ext, t, etype = entry
+            if not uid or type(uid) is not str:
+                continue
+            bucket = known.get(uid)
+            if bucket is None:
+                bucket = known[uid] = bucket_of(uid, n)
+            if etype == ORPHAN and _present(orphaned_by):
+                merges.append((uid, orphaned_by, t, ""))
             elif etype == DELETE_REQUEST:
-                batches.setdefault((bucket_of(uid, n), DELETIONS), []).append(
-                    (uid, EXPORT, t))
-            if _present(ext):
-                batches.setdefault((bucket_of(uid, n), EVIDENCE), []).append((uid, ext, t))
-            elif self._backfill:
-                batches.setdefault((bucket_of(uid, n), NEEDS), []).append((uid, shard, idx))
+                batches.setdefault((bucket, DELETIONS), []).append((uid, EXPORT, t))
+            if ext and type(ext) is str:
+                batches.setdefault((bucket, EVIDENCE), []).append((uid, ext, t))
+            elif backfill:
+                batches.setdefault((bucket, NEEDS), []).append((uid, shard, idx))
         for (bucket, kind), items in sorted(batches.items()):
-            yield bucket, (kind, items)
+            yield bucket, (kind, codec.pack(items))
         if merges:
             yield beam.pvalue.TaggedOutput(MERGES, merges)
 
@@ -169,7 +198,8 @@ class _Known(beam.DoFn):
     def process(self, element: tuple[int, Iterable]) -> Iterator[Any]:
         bucket, batches = element
         evidence, user_rows, orphans = [], [], []
-        for kind, items in batches:
+        for kind, blob in batches:
+            items = codec.unpack(blob)
             {EVIDENCE: evidence, USER_MAP: user_rows, MERGES: orphans}[kind].extend(items)
         conflicts: list[dict] = []
         direct = {uid: _pick(uid, c, EXPORT, conflicts)
@@ -185,8 +215,8 @@ class _Known(beam.DoFn):
                                     "source": EXPORT},
                                    {"external_id": user[uid]["external_id"],
                                     "source": USER_MAP}]})
-        yield bucket, (EXPORT, list(direct.values()))
-        yield bucket, (USER_MAP, list(user.values()))
+        yield bucket, (EXPORT, codec.pack(list(direct.values())))
+        yield bucket, (USER_MAP, codec.pack(list(user.values())))
         merged: dict[int, list] = {}
         for survivor, orphan, hops, t in orphans:
             found = direct.get(survivor) or user.get(survivor)
@@ -196,7 +226,7 @@ class _Known(beam.DoFn):
             entry["merged_into"], entry["merge_hops"] = survivor, hops
             merged.setdefault(bucket_of(orphan, self._buckets), []).append(entry)
         for target, entries in sorted(merged.items()):
-            yield target, (MERGE, entries)
+            yield target, (MERGE, codec.pack(entries))
         for c in conflicts:
             yield beam.pvalue.TaggedOutput(CONFLICTS, c)
 
@@ -211,7 +241,8 @@ class _Resolve(beam.DoFn):
         bucket, batches = element
         by_source: dict[str, list] = {EXPORT: [], MERGE: [], USER_MAP: []}
         needs, requests = [], []
-        for kind, items in batches:
+        for kind, blob in batches:
+            items = codec.unpack(blob)
             if kind == NEEDS:
                 needs.extend(items)
             elif kind == DELETIONS:
@@ -231,8 +262,8 @@ class _Resolve(beam.DoFn):
             if entry is not None:
                 found.setdefault(shard, []).append((idx, entry["external_id"],
                                                     entry["source"]))
-        for shard, items in sorted(found.items()):
-            yield beam.pvalue.TaggedOutput(FOUND, (shard, items))
+        for shard, items in sorted(found.items()):  # packed: one value for Beam to cache
+            yield beam.pvalue.TaggedOutput(FOUND, (shard, codec.pack(items)))
         asked: dict[str, list] = {}
         for uid, source, t in requests:
             asked.setdefault(uid, []).append((source, t))
@@ -396,9 +427,9 @@ def _batched(rows: Iterable[Any], kind: str, buckets: int,
         items = pending.setdefault(bucket, [])
         items.append((braze_id, *value))
         if len(items) >= size:
-            yield bucket, (kind, pending.pop(bucket))
+            yield bucket, (kind, codec.pack(pending.pop(bucket)))
     for bucket, items in sorted(pending.items()):
-        yield bucket, (kind, items)
+        yield bucket, (kind, codec.pack(items))
 
 
 def _orphans(merges: Iterable[list], buckets: int) -> Iterator[Any]:
@@ -418,35 +449,64 @@ def _park(element: ShardLines, folder: str) -> tuple[int, str]:
     return shard, path
 
 
+_OWN = b'"identity_source":"event"'
+_UNRESOLVED = b'"identity_source":"none"'
+
+
 class _Annotate(beam.DoFn):
     """A shard's events with identity_source and resolved_external_user_id (and
     user_deleted); the Currents fields untouched. ``found``: a multimap side input read
-    by shard (one shard's resolutions at a time, not the whole map)."""
+    by shard (one shard's resolutions at a time, not the whole map).
+
+    ValidateEvents already wrote each event's own identity, so only the events
+    backfilled here (or under a deletion request, or made elsewhere without those
+    fields) are parsed and serialised again; the others pass as they are."""
 
     def process(self, element: ShardLines, found: Any, deleted: list[dict]) -> Iterator[Any]:
         shard, lines = element
         if isinstance(lines, str):  # parked (see _park)
             with FileSystems.open(lines, compression_type=CompressionTypes.UNCOMPRESSED) as fo:
                 lines = codec.unpack(fo.read())
-        found = {idx: (ext, source) for items in found[shard]
-                 for idx, ext, source in items}
+        found = {idx: (ext, source) for blob in found[shard]
+                 for idx, ext, source in codec.unpack(blob)}
         deleted_ids = {d["braze_id"] for d in deleted}
         deleted_ext = {d["external_id"] for d in deleted if d["external_id"]}
         stats: Counter = Counter()
+        if not deleted_ids:
+            # every event with its own identity already (ValidateEvents): the backfilled
+            # ones rewritten, the others counted in one pass over the shard's bytes
+            text = b"\n".join(lines)
+            own, unresolved = text.count(_OWN), text.count(_UNRESOLVED)
+            if own + unresolved == len(lines):
+                out = list(lines)
+                for idx, (ext, source) in found.items():
+                    r = codec.loads(out[idx])
+                    if _present(r.get("external_user_id")):
+                        continue
+                    r[SOURCE], r[RESOLVED] = source, ext
+                    out[idx] = codec.dumps(r)
+                    stats[f"identity/backfilled_{source}"] += 1
+                    unresolved -= 1
+                stats["identity/from_event"] += own
+                stats["identity/unresolved"] += unresolved
+                yield shard, out
+                yield beam.pvalue.TaggedOutput(STATS, +stats)
+                return
         out = []
         for idx, line in enumerate(lines):
+            hit = found.get(idx)
             r = codec.loads(line)
             ext = r.get("external_user_id")
             if _present(ext):
                 source = EVENT
                 stats["identity/from_event"] += 1
-            elif idx in found:
-                ext, source = found[idx]
+            elif hit is not None:
+                ext, source = hit
                 stats[f"identity/backfilled_{source}"] += 1
             else:
                 ext, source = None, NONE
                 stats["identity/unresolved"] += 1
-            r["identity_source"], r["resolved_external_user_id"] = source, ext
+            r[SOURCE], r[RESOLVED] = source, ext
             if deleted_ids and (r.get("user_id") in deleted_ids or ext in deleted_ext
                                 or r.get("external_user_id") in deleted_ext):
                 r["user_deleted"] = True
@@ -477,11 +537,15 @@ class ResolveIdentityMap(beam.PTransform):
     ``buckets``: braze_ids are resolved in this many groups (one worker holds one
     bucket's evidence and map); ``spill_dir``: as DeduplicateEvents' (local runner), where
     the events wait for the map as files instead of in the runner's memory.
+    ``facts``: DeduplicateEvents' ``facts`` output for these events (the
+    map is then built without reading the events again); None: read from the events.
     """
 
     def __init__(self, identity_map: str | None = None, deletions: str | None = None,
-                 backfill: bool = True, buckets: int = 8, spill_dir: str | None = None):
+                 backfill: bool = True, buckets: int = 8, spill_dir: str | None = None,
+                 facts: beam.PCollection | None = None):
         super().__init__()
+        self._facts = facts
         self._spill_dir = spill_dir
         self._map_path, self._deletions_path, self._backfill = (
             identity_map, deletions, backfill)
@@ -491,7 +555,10 @@ class ResolveIdentityMap(beam.PTransform):
 
     def expand(self, events):
         p, n = events.pipeline, self._buckets
-        scan = events | "Scan" >> beam.ParDo(_Scan(self._backfill, n)).with_outputs(
+        facts = self._facts
+        if facts is None:
+            facts = events | "EventsAsFacts" >> beam.Map(_facts_of)
+        scan = facts | "Scan" >> beam.ParDo(_Scan(self._backfill, n)).with_outputs(
             MERGES, main="batches")
         first = [scan.batches | "EvidenceOnly" >> beam.Filter(lambda b: b[1][0] == EVIDENCE)]
         second = [scan.batches | "NeedsAndRequests" >> beam.Filter(
@@ -533,8 +600,8 @@ class ResolveIdentityMap(beam.PTransform):
         conflicts = conflicts | "AllConflicts" >> beam.Flatten()
         errors = (errors or [p | "NoErrors" >> beam.Create([])]) | "AllErrors" >> beam.Flatten()
         orphans_merged = chains.orphans | "CountChains" >> beam.Map(lambda b: {
-            "identity/orphan_chains": sum(hops >= 2 for _, _, hops, _ in b[1][1]),
-            "identity/orphans_merged": len(b[1][1])})
+            "identity/orphan_chains": sum(hops >= 2 for _, _, hops, _ in codec.unpack(b[1][1])),
+            "identity/orphans_merged": len(codec.unpack(b[1][1]))})
         stats = [annotated[STATS], resolved[STATS], orphans_merged,
                  conflicts | "CountConflicts" >> beam.Map(
                      lambda c: {f"identity/conflicts/{c['kind']}": 1}),

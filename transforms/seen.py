@@ -104,7 +104,7 @@ class _ReadSeen(beam.PTransform):
 
 def split_across_runs(best: dict, seen: dict, run_id: str, shards: int
                       ) -> tuple[dict, dict, list[tuple[int, list]]]:
-    """This dedup shard's survivors ``{key: (payload, source, row)}`` against the seen
+    """This dedup shard's survivors ``{key: (payload, source, row, ...)}`` against the seen
     entries ``{key: Entry}`` of the same keys.
 
     Returns (survivors kept, ``{key: (payload, source, row, kept Entry)}`` of survivors
@@ -117,11 +117,11 @@ def split_across_runs(best: dict, seen: dict, run_id: str, shards: int
         if previous is None:
             kept[key] = copy
         else:
-            earlier[key] = (*copy, previous)
+            earlier[key] = (*copy[:3], previous)
     out: dict[int, list] = defaultdict(list)
     for key, entry in seen.items():
         out[shard_of(key[0], key[1], shards)].append(entry)
-    for key, (payload, _, _) in kept.items():
+    for key, (payload, *_) in kept.items():
         out[shard_of(key[0], key[1], shards)].append(
             (key[0], key[1], event_time(payload), run_id, payload_crc(payload)))
     return kept, earlier, sorted(out.items())

@@ -31,7 +31,8 @@ STREAM = "stream"
 def keyed_copies(batch: tuple[str, list]) -> Iterator[tuple[str, tuple]]:
     """ValidBatch -> one ``("<event_type>\\x00<id>", (payload, source, row))`` per event."""
     source, items = batch
-    for row, event_type, event_id, payload in items:
+    for item in items:
+        row, event_type, event_id, payload = item[:4]
         yield f"{event_type}\x00{event_id}", (payload, source, row)
 
 

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from schemas.catalogue import (MAX_EPOCH_SECONDS, MIN_EPOCH_SECONDS, Catalogue, EventTypeSpec,
                                event_model, load_catalogue, relaxed_spec)
 from transforms import codec
+from transforms.identity_map import EVENT, NONE, RESOLVED, SOURCE
 from transforms.types import (DEAD_LETTER, STATS, DeadLetter, Record, RowBatch, RowBatchIn,
                               ValidBatch)
 
@@ -247,9 +248,16 @@ class _ValidateBatch(beam.DoFn):
         for offset, record in by_row:
             verdict = problems.get(offset) or validator.check(event_type, record, nulls)
             if verdict is None:
-                payload = dumps({**record, "event_type": event_type})
+                ext = record.get("external_user_id")
+                own = type(ext) is str and ext != ""
+                payload = dumps({**record, "event_type": event_type,
+                                 SOURCE: EVENT if own else NONE,
+                                 RESOLVED: ext if own else None})
                 if len(payload) <= limit:
-                    valid.append((first_row + offset, event_type, record["id"], payload))
+                    uid, t = record.get("user_id"), record.get("time")
+                    valid.append((first_row + offset, event_type, record["id"], payload,
+                                  uid if type(uid) is str else None, ext if own else None,
+                                  t if type(t) is int else -1))
                     for name in warned:
                         if record.get(name) is None:
                             stats[f"warnings/{event_type}/{name}"] += 1
@@ -270,6 +278,22 @@ class _ValidateBatch(beam.DoFn):
             yield out
         yield beam.pvalue.TaggedOutput(STATS, dict(stats))
 
+    @staticmethod
+    def _who(frame: Any) -> list[Any]:
+        """user_id, external_user_id (None when empty) and time (-1 when not an int) of
+        each row, as the row path gives them (see ``ValidBatch``)."""
+        import polars as pl
+        schema, n = frame.schema, frame.height
+
+        def strings(name: str) -> Any:
+            if schema.get(name) != pl.String:
+                return repeat(None, n)
+            col = frame[name]
+            return (col if name == "user_id" else col.replace("", None)).to_list()
+        times = (frame["time"].fill_null(-1).to_list()
+                 if schema.get("time") in (pl.Int64, pl.Int32) else repeat(-1, n))
+        return [strings("user_id"), strings("external_user_id"), times]
+
     def _frame(self, event_type: str, first_row: int, frame: Any, nulls: Any,
                stats: Counter) -> tuple[list, Any]:
         """Validate and serialise a frame at once: (valid entries of the rows the frame
@@ -284,10 +308,17 @@ class _ValidateBatch(beam.DoFn):
         if checks is None:
             checks = self._frame_checks[key] = compile_frame_check(spec, frame.schema)
         check, json_objects = checks
-        columns = sorted({*frame.columns, "event_type"})
+        columns = sorted({*frame.columns, "event_type", SOURCE, RESOLVED})
         # canonical JSON, the bytes codec.dumps writes for the same row (sorted keys)
         # (encoded once: an eager select evaluates an expression used twice twice)
-        out = frame.with_columns(pl.lit(event_type).alias("event_type")).select(
+        if frame.schema.get("external_user_id") == pl.String:
+            own = pl.col("external_user_id").is_not_null() & (pl.col("external_user_id") != "")
+            identity = [pl.when(own).then(pl.lit(EVENT)).otherwise(pl.lit(NONE)).alias(SOURCE),
+                        pl.when(own).then(pl.col("external_user_id")).otherwise(
+                            pl.lit(None, pl.String)).alias(RESOLVED)]
+        else:  # no usable external_user_id in this file
+            identity = [pl.lit(NONE).alias(SOURCE), pl.lit(None, pl.String).alias(RESOLVED)]
+        out = frame.with_columns(pl.lit(event_type).alias("event_type"), *identity).select(
             ok=check, id=pl.col("id"),
             payload=pl.struct(columns).struct.json_encode().cast(pl.Binary))
         ok = out["ok"] & (out["payload"].bin.size() <= MAX_PAYLOAD_BYTES)
@@ -301,7 +332,8 @@ class _ValidateBatch(beam.DoFn):
                 if nulls_kept:
                     stats[f"warnings/{event_type}/{name}"] += nulls_kept
         rows = range(first_row, first_row + frame.height)
-        entries = zip(rows, repeat(event_type), out["id"].to_list(), out["payload"].to_list())
+        entries = zip(rows, repeat(event_type), out["id"].to_list(), out["payload"].to_list(),
+                      *self._who(frame))
         if ok.all():
             return list(entries), ()
         others = (~ok).arg_true().to_list()
@@ -314,7 +346,9 @@ class ValidateEvents(beam.PTransform):
     """Validate raw Currents rows against the catalogue.
 
     Input: RowBatch ``(event_type, source, first_row, rows, problems, allowed_nulls)``.
-    Output (main, ``valid``): ValidBatch ``(source, [(row, event_type, id, canonical_json)])``;
+    Output (main, ``valid``): ValidBatch ``(source, [(row, event_type, id, canonical_json,
+    user_id, external_user_id, time)])``,
+    each event with its own ``identity_source``/``resolved_external_user_id`` (above);
     tagged ``dead_letter``: DeadLetter dicts ``{reason, event_type, source, row, error,
     record}``; tagged ``stats``: counters (``warnings/<type>/<field>``: nulls the file's
     writer schema allows in fields the docs call required). ``catalogue`` defaults to the
