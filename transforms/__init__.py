@@ -1,9 +1,11 @@
 """Composable Beam transforms for Braze Currents exports.
 
-    ReadCurrentsExport -> ValidateEvents -> DeduplicateEvents -> FormatForPartners
+    ReadCurrentsExport -> ValidateEvents -> DeduplicateEvents -> ResolveIdentityMap
+        -> ApplyPii -> FormatForPartners
 
 (``FormatForPartners`` = ``ResolveIdentities`` then ``FormatForPartner`` per partner,
-in one pass.)
+in one pass. ``transforms.bigquery.WriteToWarehouse`` and ``transforms.parquet`` write
+the events to BigQuery and Parquet.)
 
 Each is a composite ``PTransform`` with Beam type hints (misuse fails when the pipeline is
 built); its docstring gives its input and output element types (``transforms.types``),
@@ -17,14 +19,17 @@ from transforms.dedup import DeduplicateEvents
 from transforms.deliver import DeliverToPartner, DeliveryConfig
 from transforms.fanout import FormatForPartners
 from transforms.identities import ResolveIdentities, resolve_identity
+from transforms.identity_map import ResolveIdentityMap
 from transforms.partners import FormatForPartner, PartnerFormatter, explain_mapping
+from transforms.pii import ApplyPii
 from transforms.read import ReadCurrentsExport
 from transforms.sinks import WriteShards
 from transforms.summary import StatsToMetrics
 from transforms.validate import ValidateEvents
 
 __all__ = [
-    "ReadCurrentsExport", "ValidateEvents", "DeduplicateEvents", "ResolveIdentities",
+    "ReadCurrentsExport", "ValidateEvents", "DeduplicateEvents", "ResolveIdentityMap",
+    "ApplyPii", "ResolveIdentities",
     "FormatForPartner", "FormatForPartners", "ParseEvents", "ToRowBatches", "WriteShards",
     "resolve_identity", "PartnerFormatter", "explain_mapping",
     "DeliverToPartner", "DeliveryConfig", "StatsToMetrics",
