@@ -19,6 +19,9 @@ from tests.conftest import REPO
 from tests.fixtures_storage import AZURITE_KEY, free_port
 from tests.storage_export import connector_folder, output_files, write_braze_export
 
+# runs real emulators or whole exports: excluded from the quick `pytest -m "not slow"`
+pytestmark = pytest.mark.slow
+
 # Two shards: fewer output files keep the runs short; same bytes either way.
 TOKEN = ["--mixpanel-token", "mp-placeholder", "--shards", "2"]
 INPUT = "azfs://devstoreaccount1/braze-currents/exports/currents"

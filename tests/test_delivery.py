@@ -20,6 +20,9 @@ from tests.fake_partners import (CREDENTIALS, SECRETS, SERVICE_ACCOUNT, FakePart
 from transforms.deliver import ApiLimits, DeliverToPartner, DeliveryConfig
 from transforms.testing import make_record, write_export
 
+# runs real emulators or whole exports: excluded from the quick `pytest -m "not slow"`
+pytestmark = pytest.mark.slow
+
 PARTNERS = ("amplitude", "mixpanel", "mparticle", "segment")
 TOKEN = ["--mixpanel-token", "mp-project-token"]  # a payload field, not a credential
 

@@ -17,6 +17,9 @@ from pipelines.currents_to_partners import run
 from pipelines.options import bundled_sample
 from tests.conftest import REPO
 
+# runs real emulators or whole exports: excluded from the quick `pytest -m "not slow"`
+pytestmark = pytest.mark.slow
+
 TOKEN = ["--mixpanel-token", "mp-placeholder"]
 ROOT = "<INPUT>"
 

@@ -12,6 +12,9 @@ from pipelines.state import Lock, LockHeld
 from tests.conftest import read_ndjson
 from transforms.testing import BASE_TIME, make_record, write_export
 
+# runs real emulators or whole exports: excluded from the quick `pytest -m "not slow"`
+pytestmark = pytest.mark.slow
+
 CLICK = "users.messages.email.Click"
 OPEN = "users.messages.email.Open"
 EVENTS_ONLY = ["--partners", "", "--shards", "2"]

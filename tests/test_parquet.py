@@ -12,6 +12,9 @@ from schemas import warehouse
 from tests.conftest import read_ndjson
 from transforms.testing import BASE_TIME, make_record, write_export
 
+# runs real emulators or whole exports: excluded from the quick `pytest -m "not slow"`
+pytestmark = pytest.mark.slow
+
 SEND, CLICK, CUSTOM = ("users.messages.email.Send", "users.messages.email.Click",
                        "users.behaviors.CustomEvent")
 DAY = 86_400

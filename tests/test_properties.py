@@ -12,6 +12,9 @@ from schemas.catalogue import event_model, load_catalogue
 from transforms.testing import make_record, write_export
 from transforms.validate import _Validator
 
+# runs real emulators or whole exports: excluded from the quick `pytest -m "not slow"`
+pytestmark = pytest.mark.slow
+
 CATALOGUE = load_catalogue()
 TYPES = sorted(CATALOGUE.event_types)
 VALIDATOR = _Validator(CATALOGUE)

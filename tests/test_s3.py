@@ -16,6 +16,9 @@ from tests.conftest import REPO
 from tests.storage_export import connector_folder, output_files, write_braze_export
 from tests.test_dataflow import offline  # noqa: F401  (a fixture)
 
+# runs real emulators or whole exports: excluded from the quick `pytest -m "not slow"`
+pytestmark = pytest.mark.slow
+
 # Two shards: Beam makes a new S3 client (~0.1-0.4 s here) for every file it opens,
 # writes or renames, so fewer output files keep the runs short; same bytes either way.
 TOKEN = ["--mixpanel-token", "mp-placeholder", "--shards", "2"]

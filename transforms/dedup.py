@@ -114,13 +114,14 @@ def _spill(folder: str, packed: list[tuple[int, bytes]]) -> list[tuple[int, tupl
 
 
 def _facts(entry: tuple) -> Any:
-    """What the identity step needs of a survivor: ``(user_id, external_user_id, time,
-    event_type)``, None without a user_id, or the canonical JSON itself (to be parsed)
-    when the entry does not carry them or the step needs more (a UserOrphan's
-    ``orphaned_by_id``)."""
+    """What the identity step needs of a survivor: ``(event_type, user_id,
+    external_user_id, time)`` from its validated item (ValidateEvents'), None without a
+    user_id, else the canonical JSON (to be parsed: an item of 4, or a UserOrphan, whose
+    ``orphaned_by_id`` the step needs too). A new small tuple, not the item: the facts
+    must not carry the JSON a second time if a runner encodes them."""
     if len(entry) < 7 or entry[1] == ORPHAN:
         return entry[3]
-    return (entry[4], entry[5], entry[6], entry[1]) if entry[4] else None
+    return (entry[1], entry[4], entry[5], entry[6]) if entry[4] else None
 
 
 def _unspilled(value: bytes | tuple) -> bytes:
@@ -219,8 +220,8 @@ class DeduplicateEvents(beam.PTransform):
     ``seen``: a ``transforms.seen.SeenStore`` (incremental runs): survivors an earlier
     run kept become duplicates (``kept_run``, counted as ``duplicates_across_runs``),
     and the tagged ``seen_new`` output carries the store's next generation.
-    Tagged ``facts``: ``(shard, [per event of that shard's events, in order: (user_id,
-    external_user_id, time, event_type), None, or its JSON])`` for ResolveIdentityMap,
+    Tagged ``facts``: ``(shard, [per event of that shard's events, in order: (event_type,
+    user_id, external_user_id, time), None, or its JSON])`` for ResolveIdentityMap,
     which then reads no event again to build the map (``facts=False``: not made).
     """
 

@@ -77,7 +77,7 @@ def _facts_of(element: ShardLines) -> tuple[int, list]:
 
 class _Scan(beam.DoFn):
     """One pass over a shard's facts (DeduplicateEvents' ``facts``: per event, in the
-    shard's order, ``(user_id, external_user_id, time, event_type)``, None, or its JSON):
+    shard's order, ``(event_type, user_id, external_user_id, time)``, None, or its JSON):
     what the map is built from, in one element per (bucket, kind), so the shuffle pays
     per batch, not per event."""
 
@@ -101,7 +101,7 @@ class _Scan(beam.DoFn):
             if type(entry) is bytes:
                 uid, ext, t, etype, orphaned_by = _parsed(entry)
             else:
-                uid, ext, t, etype = entry
+                etype, uid, ext, t = entry
             if not uid or type(uid) is not str:
                 continue
             bucket = known.get(uid)
@@ -180,10 +180,20 @@ def _pick(braze_id: str, cands: dict, source: str, conflicts: list) -> dict:
 
 
 def _candidates(items: Iterable[tuple[str, str, int]]) -> dict[str, dict]:
-    combine = Candidates()
     out: dict[str, dict] = {}
-    for uid, ext, t in items:
-        combine.add_input(out.setdefault(uid, {}), (ext, t))
+    for uid, ext, t in items:  # Candidates.add_input, inlined (one call per event)
+        acc = out.get(uid)
+        if acc is None:
+            acc = out[uid] = {}
+        c = acc.get(ext)
+        if c is None:
+            acc[ext] = [1, t, t]
+        else:
+            c[0] += 1
+            if t < c[1]:
+                c[1] = t
+            elif t > c[2]:
+                c[2] = t
     return out
 
 
