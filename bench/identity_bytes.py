@@ -1,9 +1,10 @@
 """Bytes the identity map adds to a run's shuffles, measured on a run's events/.
 
-Runs the identity step's own scan (``transforms.identity_map._Scan``) over the events of
-a finished run (their added identity fields removed first) and encodes what it emits
-with the coder Beam uses for them (FastPrimitivesCoder); also the events parked for the
-local runner (zstd) and the resolutions side input.
+Runs the identity step's own scan (``transforms.identity_map._Scan``) over the facts
+DeduplicateEvents would hand it for the events of a finished run (each event back to
+its own identity, as ValidateEvents writes it) and encodes what it emits with the coder
+Beam uses for them (FastPrimitivesCoder over packed batches); also the events parked for
+the local runner (zstd).
 
     python -m bench.identity_bytes OUTPUT_FOLDER [--shards N]
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 from apache_beam.coders import FastPrimitivesCoder
 
 from transforms import codec
-from transforms.identity_map import ADDED_FIELDS, EVIDENCE, NEEDS, _Scan
+from transforms.identity_map import EVENT, EVIDENCE, NEEDS, NONE, RESOLVED, SOURCE, _Scan
 
 
 def main() -> None:
@@ -25,22 +26,27 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=8)
     args = ap.parse_args()
     coder = FastPrimitivesCoder()
-    shards = []
+    shards, facts = [], []
     for n, f in enumerate(sorted(Path(args.output, "events").glob("part-*.ndjson"))):
-        lines = []
+        lines, found = [], []
         for line in f.read_bytes().splitlines():
             r = codec.loads(line)
-            for k in ADDED_FIELDS:
-                r.pop(k, None)
+            r.pop("user_deleted", None)
+            ext = r.get("external_user_id") or None
+            r[SOURCE], r[RESOLVED] = (EVENT, ext) if ext else (NONE, None)
             lines.append(codec.dumps(r))
+            found.append((r["event_type"], r.get("user_id"), ext, r.get("time", -1))
+                         if r.get("user_id") else None)
         shards.append((n, lines))
+        facts.append((n, found))
     events = sum(len(lines) for _, lines in shards)
     event_bytes = sum(len(x) for _, lines in shards for x in lines)
     scan = _Scan(True, args.shards)
+    scan.setup()
     sizes = {EVIDENCE: 0, NEEDS: 0, "other": 0}
     elements = 0
     started = time.process_time()
-    for shard in shards:
+    for shard in facts:
         for out in scan.process(shard):
             value = getattr(out, "value", out)
             batch = isinstance(value, tuple) and isinstance(value[1], tuple)
@@ -50,7 +56,7 @@ def main() -> None:
     scan_cpu = time.process_time() - started
     entries = [codec.loads(line) for f in sorted(Path(args.output, "identity", "map").glob(
         "part-*.ndjson")) for line in f.read_bytes().splitlines()]
-    second = len(coder.encode(entries))
+    second = len(coder.encode(codec.pack(entries)))  # packed, as _Known sends them
     parked = sum(len(codec.pack(lines)) for _, lines in shards)
     print(f"{events} events, {event_bytes / events:.0f} B of canonical JSON each")
     print(f"scan: {elements} shuffled elements, evidence {sizes[EVIDENCE] / 2**20:.2f} MiB, "

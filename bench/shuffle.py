@@ -38,22 +38,23 @@ def main() -> None:
         generate(args.events, export)
     files, avro = export_size(str(export))
     shards = args.shards or auto_shards(avro)
-    shuffled, values, json_bytes = (Metrics.counter("shuffle", n)
-                                    for n in ("bytes", "values", "json_bytes"))
+    shuffled, values, json_bytes, rows_read = (
+        Metrics.counter("shuffle", n) for n in ("bytes", "values", "json_bytes", "rows_read"))
 
     def measure(kv):
         shuffled.inc(len(kv[1]) + 8)  # value + a small int key
         values.inc(1)
-        json_bytes.inc(sum(len(e[2]) for e in codec.unpack(kv[1])[1]))
+        json_bytes.inc(sum(len(e[3]) for e in codec.unpack(kv[1])[1]))  # (row, type, id, json, ...)
 
     p = beam.Pipeline()
     checked = (p | ReadCurrentsExport(str(export), args.batch_size)).rows | ValidateEvents()
     _ = checked.valid | beam.ParDo(_ScatterToShards(shards)) | beam.Map(measure)
+    _ = checked.stats | "Rows" >> beam.Map(lambda s: rows_read.inc(s.get("rows_read", 0)))
     result = p.run()
     result.wait_until_finish()
     m = {r.key.metric.name: r.committed
          for r in result.metrics().query(MetricsFilter())["counters"]}
-    rows = m["rows_read"]  # counted by ValidateEvents
+    rows = m["rows_read"]  # ValidateEvents' stats
     print(f"{rows} rows in {files} files, {shards} shards; Avro {avro / rows:.0f} B/row; "
           f"canonical JSON {m['json_bytes'] / rows:.0f} B/row; dedup shuffle "
           f"{m['bytes'] / rows:.1f} B/row ({m['bytes']} bytes in {m['values']} values)")
