@@ -27,12 +27,12 @@ from apache_beam.utils.windowed_value import WindowedValue
 from transforms import codec
 from transforms import seen as seen_store
 from transforms.checks import optional_str, positive_int
+from transforms.identity_map import ORPHAN, RESOLVED, SOURCE
 from transforms.types import DUPLICATES, STATS, ShardLines, ValidBatch, ValidBatchIn
 
 # written by ValidateEvents, completed by ResolveIdentityMap: not part of a dropped copy
-OWN_IDENTITY = ("identity_source", "resolved_external_user_id")
+OWN_IDENTITY = (SOURCE, RESOLVED)
 FACTS = "facts"  # output tag: per shard, what ResolveIdentityMap needs of each event
-ORPHAN = "users.UserOrphan"
 
 
 def shard_of(event_type: str, event_id: str, num_shards: int) -> int:

@@ -121,38 +121,6 @@ class _Scan(beam.DoFn):
             yield beam.pvalue.TaggedOutput(MERGES, merges)
 
 
-class Candidates(beam.CombineFn):
-    """external_id -> [evidence count, first time, last time] for one braze_id."""
-
-    def create_accumulator(self) -> dict:
-        return {}
-
-    def add_input(self, acc: dict, value: tuple[str, int]) -> dict:
-        ext, t = value
-        c = acc.get(ext)
-        if c is None:
-            acc[ext] = [1, t, t]
-        else:
-            c[0] += 1
-            c[1], c[2] = min(c[1], t), max(c[2], t)
-        return acc
-
-    def merge_accumulators(self, accs: Iterable[dict]) -> dict:
-        out: dict = {}
-        for acc in accs:
-            for ext, (n, first, last) in acc.items():
-                c = out.get(ext)
-                if c is None:
-                    out[ext] = [n, first, last]
-                else:
-                    c[0] += n
-                    c[1], c[2] = min(c[1], first), max(c[2], last)
-        return out
-
-    def extract_output(self, acc: dict) -> dict:
-        return acc
-
-
 def choose(candidates: dict) -> str:
     """The external_id of the latest evidence; ties by the smallest value."""
     return min(candidates, key=lambda ext: (-candidates[ext][2], ext))
@@ -180,8 +148,9 @@ def _pick(braze_id: str, cands: dict, source: str, conflicts: list) -> dict:
 
 
 def _candidates(items: Iterable[tuple[str, str, int]]) -> dict[str, dict]:
+    """braze_id -> external_id -> [evidence count, first time, last time]."""
     out: dict[str, dict] = {}
-    for uid, ext, t in items:  # Candidates.add_input, inlined (one call per event)
+    for uid, ext, t in items:
         acc = out.get(uid)
         if acc is None:
             acc = out[uid] = {}
