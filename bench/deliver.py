@@ -32,11 +32,12 @@ import sys
 import tempfile
 import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from pathlib import Path
 
 from bench.generate import generate
 from bench.run import REPO, measure
+from transforms.testing import serve_posts
 
 PARTNERS = ("amplitude", "mixpanel", "mparticle", "segment")
 # each payload's dedup key, found in a request body without building its objects (6x
@@ -55,28 +56,12 @@ class Sink:
     def __init__(self, partner: str):
         self.partner, self.keys, self.requests = partner, Counter(), 0
         self._bodies: queue.Queue = queue.Queue()
-        sink = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, as the partners' hosts
-            disable_nagle_algorithm = True  # headers and body not 40 ms apart
+        def answer(path: str, headers: Any, raw: bytes) -> tuple[int, bytes, dict]:
+            self._bodies.put((headers.get("Content-Encoding"), raw))  # checked off-thread
+            return 200, b'{"code":200}', {}
 
-            def do_POST(self):
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                sink._bodies.put((self.headers.get("Content-Encoding"), raw))
-                body = b'{"code":200}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = serve_posts(answer)
         threading.Thread(target=self._check, daemon=True).start()
 
     def _check(self) -> None:

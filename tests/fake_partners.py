@@ -18,10 +18,12 @@ import threading
 import time
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+
+from transforms.testing import serve_posts
 
 # stand-in secrets: none may reach an output file or a log
 CREDENTIALS = {
@@ -126,31 +128,11 @@ class FakePartner:
     # - lifecycle -
 
     def start(self) -> "FakePartner":
-        fake = self
+        def answer(path: str, headers: Any, raw: bytes) -> tuple[int, bytes, dict]:
+            status, body, extra = self.handle(path, headers, raw)  # headers: any case
+            return status, json.dumps(body).encode(), extra
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, as the real APIs
-            disable_nagle_algorithm = True  # headers and body not 40 ms apart
-
-            def do_POST(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length)
-                status, body, headers = fake.handle(self.path, self.headers, raw)  # any case
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = serve_posts(answer)
         return self
 
     def stop(self) -> None:

@@ -13,34 +13,22 @@ would not do: google-auth always sends those to Google's token endpoint.)
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from transforms.testing import serve_posts
 
-class _TokenEndpoint(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802 (http.server's naming)
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        body = json.dumps({
-            "access_token": "emulator-token", "token_type": "Bearer", "expires_in": 3600,
-            "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
-    def log_message(self, *args):
-        pass
+_TOKEN = json.dumps({
+    "access_token": "emulator-token", "token_type": "Bearer", "expires_in": 3600,
+    "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"}).encode()
 
 
 class LoopbackCredentials:
     """A token endpoint on a free port of 127.0.0.1 and an ADC file that names it."""
 
     def __init__(self, folder: Path):
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _TokenEndpoint)
+        self._server = serve_posts(lambda path, headers, body: (200, _TOKEN, {}))
         self.token_uri = f"http://127.0.0.1:{self._server.server_address[1]}/token"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
         subject = folder / "subject-token"
         subject.write_text("emulator-subject-token")
         self.path = folder / "adc.json"

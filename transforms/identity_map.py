@@ -69,12 +69,6 @@ def _parsed(line: bytes) -> tuple[Any, Any, int, Any, Any]:
             r.get("event_type"), r.get("orphaned_by_id"))
 
 
-def _facts_of(element: ShardLines) -> tuple[int, list]:
-    """Events without DeduplicateEvents' facts: each event's JSON, parsed by the scan."""
-    shard, lines = element
-    return shard, list(lines)
-
-
 class _Scan(beam.DoFn):
     """One pass over a shard's facts (DeduplicateEvents' ``facts``: per event, in the
     shard's order, ``(event_type, user_id, external_user_id, time)``, None, or its JSON):
@@ -534,9 +528,8 @@ class ResolveIdentityMap(beam.PTransform):
 
     def expand(self, events):
         p, n = events.pipeline, self._buckets
-        facts = self._facts
-        if facts is None:
-            facts = events | "EventsAsFacts" >> beam.Map(_facts_of)
+        # without DeduplicateEvents' facts, the events themselves: each JSON is parsed
+        facts = events if self._facts is None else self._facts
         scan = facts | "Scan" >> beam.ParDo(_Scan(self._backfill, n)).with_outputs(
             MERGES, main="batches")
         first = [scan.batches | "EvidenceOnly" >> beam.Filter(lambda b: b[1][0] == EVIDENCE)]

@@ -1,5 +1,6 @@
-"""Test helpers, shipped with the package: valid Currents rows, export trees, and a
-check of partner payloads against the keys Braze documents.
+"""Test helpers, shipped with the package: valid Currents rows, export trees, a check
+of partner payloads against the keys Braze documents, and a loopback HTTP server to
+stand in for a remote API.
 
     rec = make_record("users.messages.email.Click", seed=1, url="https://x.test")
     root = write_export(tmp_path, {"users.messages.email.Click": [rec]})
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import io
 import random
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import fastavro
 
@@ -207,3 +210,34 @@ def payload_problems(partner: str, event_type: str, payload: dict,
                 if not k.startswith(extra_ok)]
     problems += [f"missing required key {k}" for k in sorted(required - keys)]
     return problems
+
+
+def serve_posts(answer: Callable[[str, Any, bytes], tuple[int, bytes, dict]]
+                ) -> ThreadingHTTPServer:
+    """A keep-alive HTTP server on a free port of 127.0.0.1 (``server_address[1]``),
+    answering each POST with ``answer(path, headers, body) -> (status, JSON bytes, extra
+    headers)``, served by daemon threads. Stop it with ``shutdown()`` then
+    ``server_close()``."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as real APIs
+        disable_nagle_algorithm = True  # headers and body not 40 ms apart
+
+        def do_POST(self):  # noqa: N802 (http.server's naming)
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            status, data, headers = answer(self.path, self.headers, raw)
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
