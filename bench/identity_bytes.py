@@ -28,17 +28,18 @@ def main() -> None:
     coder = FastPrimitivesCoder()
     shards, facts = [], []
     for n, f in enumerate(sorted(Path(args.output, "events").glob("part-*.ndjson"))):
-        lines, found = [], []
+        lines, uids, exts, times = [], [], [], []
         for line in f.read_bytes().splitlines():
             r = codec.loads(line)
             r.pop("user_deleted", None)
             ext = r.get("external_user_id") or None
             r[SOURCE], r[RESOLVED] = (EVENT, ext) if ext else (NONE, None)
             lines.append(codec.dumps(r))
-            found.append((r["event_type"], r.get("user_id"), ext, r.get("time", -1))
-                         if r.get("user_id") else None)
+            uids.append(r.get("user_id") or None)
+            exts.append(ext)
+            times.append(r.get("time", -1))
         shards.append((n, lines))
-        facts.append((n, found))
+        facts.append((n, (uids, exts, times, {})))  # as DeduplicateEvents' facts
     events = sum(len(lines) for _, lines in shards)
     event_bytes = sum(len(x) for _, lines in shards for x in lines)
     scan = _Scan(True, args.shards)
@@ -56,8 +57,10 @@ def main() -> None:
     scan_cpu = time.process_time() - started
     entries = [codec.loads(line) for f in sorted(Path(args.output, "identity", "map").glob(
         "part-*.ndjson")) for line in f.read_bytes().splitlines()]
-    second = len(coder.encode(codec.pack(entries)))  # packed, as _Known sends them
-    parked = sum(len(codec.pack(lines)) for _, lines in shards)
+    second = len(coder.encode(codec.pack([  # packed tuples, as _Known sends them
+        (e["braze_id"], e["external_id"], e["source"], e["first_seen"] or -1,
+         e["last_seen"] or -1) for e in entries])))
+    parked = sum(len(codec.compress(b"\n".join(lines))) for _, lines in shards)  # as _park
     print(f"{events} events, {event_bytes / events:.0f} B of canonical JSON each")
     print(f"scan: {elements} shuffled elements, evidence {sizes[EVIDENCE] / 2**20:.2f} MiB, "
           f"needs {sizes[NEEDS] / 2**20:.2f} MiB, other {sizes['other'] / 2**20:.3f} MiB "

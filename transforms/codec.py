@@ -39,10 +39,19 @@ def dumps(obj: Any) -> bytes:
 loads = orjson.loads
 
 
+def compress(data: bytes) -> bytes:
+    """zstd, level 1: fast, and ~4x smaller on canonical JSON."""
+    return zstandard.ZstdCompressor(level=1).compress(data)
+
+
+def decompress(blob: bytes) -> bytes:
+    return zstandard.ZstdDecompressor().decompress(blob)
+
+
 def pack(obj: Any) -> bytes:
     """A compact, compressed value for a shuffle (our own data only: pickle is safe here)."""
-    return zstandard.ZstdCompressor(level=1).compress(pickle.dumps(obj, protocol=5))
+    return compress(pickle.dumps(obj, protocol=5))
 
 
 def unpack(blob: bytes) -> Any:
-    return pickle.loads(zstandard.ZstdDecompressor().decompress(blob))
+    return pickle.loads(decompress(blob))

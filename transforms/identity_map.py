@@ -69,11 +69,17 @@ def _parsed(line: bytes) -> tuple[Any, Any, int, Any, Any]:
             r.get("event_type"), r.get("orphaned_by_id"))
 
 
+def _facts_of(lines: list[bytes]) -> tuple[list, list, list, dict]:
+    """Facts (as DeduplicateEvents' ``facts``) of events given as JSON: all to be parsed."""
+    return [None] * len(lines), [None] * len(lines), [-1] * len(lines), dict(enumerate(lines))
+
+
 class _Scan(beam.DoFn):
-    """One pass over a shard's facts (DeduplicateEvents' ``facts``: per event, in the
-    shard's order, ``(event_type, user_id, external_user_id, time)``, None, or its JSON):
-    what the map is built from, in one element per (bucket, kind), so the shuffle pays
-    per batch, not per event."""
+    """One pass over a shard's facts (DeduplicateEvents' ``facts``: ``(user_ids,
+    external_user_ids, times, {index: JSON to parse})``, one entry per event of the
+    shard, in order) or over its events: what the map is built from, in one element
+    per (bucket, kind), so the shuffle pays per batch, not per event. Evidence and needs
+    travel as columns (parallel lists), not a tuple per event."""
 
     def __init__(self, backfill: bool, buckets: int):
         self._backfill, self._buckets = backfill, buckets
@@ -81,36 +87,48 @@ class _Scan(beam.DoFn):
     def setup(self):
         self._bucket: dict[str, int] = {}  # braze_id -> bucket (a user has many events)
 
-    def process(self, element: tuple[int, list]) -> Iterator[Any]:
-        shard, entries = element
+    def process(self, element: tuple[int, Any]) -> Iterator[Any]:
+        shard, facts = element
+        uids, exts, times, parse = _facts_of(facts) if type(facts) is list else facts
         n, backfill, known = self._buckets, self._backfill, self._bucket
         if len(known) > 1_000_000:
             known.clear()
-        batches: dict[tuple[int, str], list] = {}
-        merges = []
-        for idx, entry in enumerate(entries):
-            if entry is None:
-                continue
-            orphaned_by = None
-            if type(entry) is bytes:
-                uid, ext, t, etype, orphaned_by = _parsed(entry)
-            else:
-                etype, uid, ext, t = entry
-            if not uid or type(uid) is not str:
+        merges, deletions = [], {}
+        if parse:  # these events' facts from their JSON (copies: the input stays as it is)
+            uids, exts, times = list(uids), list(exts), list(times)
+            for idx, line in parse.items():
+                uid, ext, t, etype, orphaned_by = _parsed(line)
+                if not uid or type(uid) is not str:
+                    continue
+                if etype == ORPHAN and _present(orphaned_by):
+                    merges.append((uid, orphaned_by, t, ""))
+                elif etype == DELETE_REQUEST:
+                    deletions.setdefault(bucket_of(uid, n), []).append((uid, EXPORT, t))
+                uids[idx], exts[idx], times[idx] = uid, ext if _present(ext) else None, t
+        ev_uids, ev_exts, ev_times = ([[] for _ in range(n)] for _ in range(3))
+        need_uids, need_idx = [[] for _ in range(n)], [[] for _ in range(n)]
+        for idx, uid in enumerate(uids):
+            if not uid:
                 continue
             bucket = known.get(uid)
             if bucket is None:
                 bucket = known[uid] = bucket_of(uid, n)
-            if etype == ORPHAN and _present(orphaned_by):
-                merges.append((uid, orphaned_by, t, ""))
-            elif etype == DELETE_REQUEST:
-                batches.setdefault((bucket, DELETIONS), []).append((uid, EXPORT, t))
-            if ext and type(ext) is str:
-                batches.setdefault((bucket, EVIDENCE), []).append((uid, ext, t))
+            ext = exts[idx]
+            if ext:
+                ev_uids[bucket].append(uid)
+                ev_exts[bucket].append(ext)
+                ev_times[bucket].append(times[idx])
             elif backfill:
-                batches.setdefault((bucket, NEEDS), []).append((uid, shard, idx))
-        for (bucket, kind), items in sorted(batches.items()):
-            yield bucket, (kind, codec.pack(items))
+                need_uids[bucket].append(uid)
+                need_idx[bucket].append(idx)
+        for bucket in range(n):
+            if bucket in deletions:
+                yield bucket, (DELETIONS, codec.pack(deletions[bucket]))
+            if ev_uids[bucket]:
+                yield bucket, (EVIDENCE, codec.pack(
+                    (ev_uids[bucket], ev_exts[bucket], ev_times[bucket])))
+            if need_uids[bucket]:
+                yield bucket, (NEEDS, codec.pack((shard, need_uids[bucket], need_idx[bucket])))
         if merges:
             yield beam.pvalue.TaggedOutput(MERGES, merges)
 
@@ -124,39 +142,70 @@ def _seen(t: int) -> int | None:
     return None if t < 0 else t
 
 
-def _entry(braze_id: str, ext: str, source: str, first: int, last: int) -> dict:
-    return {"braze_id": braze_id, "external_id": ext, "source": source,
-            "first_seen": _seen(first), "last_seen": _seen(last)}
+# A map entry travels as a tuple: (braze_id, external_id, source, first, last[, merged_into,
+# merge_hops]); written as a JSON object (``_as_dict``)
+def _as_dict(entry: tuple) -> dict:
+    out = {"braze_id": entry[0], "external_id": entry[1], "source": entry[2],
+           "first_seen": _seen(entry[3]), "last_seen": _seen(entry[4])}
+    if len(entry) > 5:
+        out["merged_into"], out["merge_hops"] = entry[5], entry[6]
+    return out
 
 
-def _pick(braze_id: str, cands: dict, source: str, conflicts: list) -> dict:
+def _pick(braze_id: str, cands: dict, source: str, conflicts: list) -> tuple:
     ext = choose(cands)
     _, first, last = cands[ext]
-    if len(cands) > 1:
-        conflicts.append({
-            "kind": "external_ids", "braze_id": braze_id, "source": source, "chosen": ext,
-            "candidates": [{"external_id": e, "events": n, "first_seen": _seen(f),
-                            "last_seen": _seen(l)}
-                           for e, (n, f, l) in sorted(cands.items())]})
-    return _entry(braze_id, ext, source, first, last)
+    conflicts.append({
+        "kind": "external_ids", "braze_id": braze_id, "source": source, "chosen": ext,
+        "candidates": [{"external_id": e, "events": n, "first_seen": _seen(f),
+                        "last_seen": _seen(l)}
+                       for e, (n, f, l) in sorted(cands.items())]})
+    return braze_id, ext, source, first, last
 
 
-def _candidates(items: Iterable[tuple[str, str, int]]) -> dict[str, dict]:
-    """braze_id -> external_id -> [evidence count, first time, last time]."""
-    out: dict[str, dict] = {}
-    for uid, ext, t in items:
-        acc = out.get(uid)
-        if acc is None:
-            acc = out[uid] = {}
-        c = acc.get(ext)
-        if c is None:
-            acc[ext] = [1, t, t]
+def _candidates(columns: Iterable[tuple[list, list, list]]) -> tuple[dict, dict]:
+    """Evidence columns (user_ids, external_ids, times) -> ``(first, others)``: per
+    braze_id, ``[external_id, count, first time, last time]`` of the first external_id
+    seen, and ``{external_id: [count, first, last]}`` of any other (rare: a conflict)."""
+    first: dict[str, list] = {}
+    others: dict[str, dict] = {}
+    for uids, exts, times in columns:
+        for uid, ext, t in zip(uids, exts, times):
+            c = first.get(uid)
+            if c is None:
+                first[uid] = [ext, 1, t, t]
+                continue
+            if c[0] == ext:
+                c[1] += 1
+                if t < c[2]:
+                    c[2] = t
+                elif t > c[3]:
+                    c[3] = t
+                continue
+            more = others.setdefault(uid, {})
+            o = more.get(ext)
+            if o is None:
+                more[ext] = [1, t, t]
+            else:
+                o[0] += 1
+                if t < o[1]:
+                    o[1] = t
+                elif t > o[2]:
+                    o[2] = t
+    return first, others
+
+
+def _chosen(columns: Iterable[tuple[list, list, list]], source: str,
+            conflicts: list) -> dict[str, tuple]:
+    """braze_id -> its map entry, from evidence columns; conflicts appended."""
+    first, others = _candidates(columns)
+    out = {}
+    for uid, (ext, n, f, l) in first.items():
+        more = others.get(uid)
+        if more is None:
+            out[uid] = (uid, ext, source, f, l)
         else:
-            c[0] += 1
-            if t < c[1]:
-                c[1] = t
-            elif t > c[2]:
-                c[2] = t
+            out[uid] = _pick(uid, {ext: [n, f, l], **more}, source, conflicts)
     return out
 
 
@@ -173,21 +222,20 @@ class _Known(beam.DoFn):
         evidence, user_rows, orphans = [], [], []
         for kind, blob in batches:
             items = codec.unpack(blob)
-            {EVIDENCE: evidence, USER_MAP: user_rows, MERGES: orphans}[kind].extend(items)
+            if kind == EVIDENCE:
+                evidence.append(items)
+            else:
+                (user_rows if kind == USER_MAP else orphans).extend(items)
         conflicts: list[dict] = []
-        direct = {uid: _pick(uid, c, EXPORT, conflicts)
-                  for uid, c in _candidates(evidence).items()}
-        user = {uid: _pick(uid, c, USER_MAP, conflicts)
-                for uid, c in _candidates(user_rows).items()}
+        direct = _chosen(evidence, EXPORT, conflicts)
+        user = _chosen([tuple(zip(*user_rows))] if user_rows else [], USER_MAP, conflicts)
         for uid in sorted(direct.keys() & user.keys()):  # the export's evidence wins
-            if direct[uid]["external_id"] != user[uid]["external_id"]:
+            if direct[uid][1] != user[uid][1]:
                 conflicts.append({
                     "kind": "user_map_disagrees", "braze_id": uid, "source": EXPORT,
-                    "chosen": direct[uid]["external_id"],
-                    "candidates": [{"external_id": direct[uid]["external_id"],
-                                    "source": EXPORT},
-                                   {"external_id": user[uid]["external_id"],
-                                    "source": USER_MAP}]})
+                    "chosen": direct[uid][1],
+                    "candidates": [{"external_id": direct[uid][1], "source": EXPORT},
+                                   {"external_id": user[uid][1], "source": USER_MAP}]})
         yield bucket, (EXPORT, codec.pack(list(direct.values())))
         yield bucket, (USER_MAP, codec.pack(list(user.values())))
         merged: dict[int, list] = {}
@@ -195,9 +243,8 @@ class _Known(beam.DoFn):
             found = direct.get(survivor) or user.get(survivor)
             if found is None:
                 continue
-            entry = _entry(orphan, found["external_id"], MERGE, t, t)
-            entry["merged_into"], entry["merge_hops"] = survivor, hops
-            merged.setdefault(bucket_of(orphan, self._buckets), []).append(entry)
+            merged.setdefault(bucket_of(orphan, self._buckets), []).append(
+                (orphan, found[1], MERGE, t, t, survivor, hops))
         for target, entries in sorted(merged.items()):
             yield target, (MERGE, codec.pack(entries))
         for c in conflicts:
@@ -207,8 +254,9 @@ class _Known(beam.DoFn):
 class _Resolve(beam.DoFn):
     """Stage 2, per bucket: one entry per braze_id (the export's own evidence, else a
     merge, else the user's map), written as the bucket's identity/map/ shard; the
-    resolutions of the events that lack an external_id, by event shard; the deletion
-    requests with the external_id they cover."""
+    resolutions of the events that lack an external_id, by event shard (columns: event
+    indexes, external_ids, sources); the deletion requests with the external_id they
+    cover."""
 
     def process(self, element: tuple[int, Iterable]) -> Iterator[Any]:
         bucket, batches = element
@@ -217,26 +265,32 @@ class _Resolve(beam.DoFn):
         for kind, blob in batches:
             items = codec.unpack(blob)
             if kind == NEEDS:
-                needs.extend(items)
+                needs.append(items)
             elif kind == DELETIONS:
                 requests.extend(items)
             else:
                 by_source[kind].extend(items)
-        final: dict[str, dict] = {}
+        final: dict[str, tuple] = {}
         for source in (USER_MAP, MERGE, EXPORT):  # later sources win
             for entry in by_source[source]:
-                final[entry["braze_id"]] = entry
+                final[entry[0]] = entry
         if final:
             yield beam.pvalue.TaggedOutput(MAP, (bucket, [
-                codec.dumps(final[uid]) for uid in sorted(final)]))
-        found: dict[int, list] = {}
-        for uid, shard, idx in needs:
-            entry = final.get(uid)
-            if entry is not None:
-                found.setdefault(shard, []).append((idx, entry["external_id"],
-                                                    entry["source"]))
-        for shard, items in sorted(found.items()):  # packed: one value for Beam to cache
-            yield beam.pvalue.TaggedOutput(FOUND, (shard, codec.pack(items)))
+                codec.dumps(_as_dict(final[uid])) for uid in sorted(final)]))
+        found: dict[int, tuple[list, list, list]] = {}
+        for shard, uids, idxs in needs:
+            cols = found.get(shard)
+            if cols is None:
+                cols = found[shard] = ([], [], [])
+            for uid, idx in zip(uids, idxs):
+                entry = final.get(uid)
+                if entry is not None:
+                    cols[0].append(idx)
+                    cols[1].append(entry[1])
+                    cols[2].append(entry[2])
+        for shard, cols in sorted(found.items()):  # packed: one value for Beam to cache
+            if cols[0]:
+                yield beam.pvalue.TaggedOutput(FOUND, (shard, codec.pack(cols)))
         asked: dict[str, list] = {}
         for uid, source, t in requests:
             asked.setdefault(uid, []).append((source, t))
@@ -244,7 +298,7 @@ class _Resolve(beam.DoFn):
             times = [t for _, t in asked[uid] if t >= 0]
             entry = final.get(uid)
             yield beam.pvalue.TaggedOutput(DELETIONS, {
-                "braze_id": uid, "external_id": entry["external_id"] if entry else None,
+                "braze_id": uid, "external_id": entry[1] if entry else None,
                 "sources": sorted({s for s, _ in asked[uid]}),
                 "requested_at": max(times) if times else None})
         yield beam.pvalue.TaggedOutput(STATS, {"identity/map_entries": len(final)})
@@ -414,16 +468,41 @@ def _orphans(merges: Iterable[list], buckets: int) -> Iterator[Any]:
 
 def _park(element: ShardLines, folder: str) -> tuple[int, str]:
     """A shard's events to a file of their own: the local runner would otherwise hold
-    every event in its memory until the map is built (the events wait for it)."""
+    every event in its memory until the map is built (the events wait for it). The
+    lines joined by newlines (canonical JSON has none of its own) and compressed; any
+    other lines pickled."""
     shard, lines = element
     path = FileSystems.join(folder, f"identity-{shard}-{uuid.uuid4().hex}.zst")
+    text = b"\n".join(lines)
+    blob = (b"L" + codec.compress(text) if lines and text.count(b"\n") == len(lines) - 1
+            else b"P" + codec.pack(lines))
     with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as fo:
-        fo.write(codec.pack(lines))
+        fo.write(blob)
     return shard, path
+
+
+def _unparked(path: str) -> list[bytes]:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fo:
+        blob = fo.read()
+    if blob[:1] == b"P":
+        return codec.unpack(blob[1:])
+    return codec.decompress(blob[1:]).split(b"\n")
 
 
 _OWN = b'"identity_source":"event"'
 _UNRESOLVED = b'"identity_source":"none"'
+_NOT_RESOLVED = b'"resolved_external_user_id":null'
+
+
+def _backfilled(line: bytes, ext: str, source: str) -> bytes | None:
+    """``line`` (an event ValidateEvents wrote without an external_id of its own) with
+    ``identity_source``/``resolved_external_user_id`` set, by replacing their text: the
+    same bytes as parsing and serialising it again (keys sorted, the values' JSON from
+    the same encoder), ~10x cheaper. None if the line is not as expected."""
+    if line.count(_UNRESOLVED) != 1 or line.count(_NOT_RESOLVED) != 1:
+        return None
+    return line.replace(_UNRESOLVED, b'"identity_source":' + codec.dumps(source)).replace(
+        _NOT_RESOLVED, b'"resolved_external_user_id":' + codec.dumps(ext))
 
 
 class _Annotate(beam.DoFn):
@@ -433,15 +512,17 @@ class _Annotate(beam.DoFn):
 
     ValidateEvents already wrote each event's own identity, so only the events
     backfilled here (or under a deletion request, or made elsewhere without those
-    fields) are parsed and serialised again; the others pass as they are."""
+    fields) are rewritten; the others pass as they are."""
 
     def process(self, element: ShardLines, found: Any, deleted: list[dict]) -> Iterator[Any]:
         shard, lines = element
         if isinstance(lines, str):  # parked (see _park)
-            with FileSystems.open(lines, compression_type=CompressionTypes.UNCOMPRESSED) as fo:
-                lines = codec.unpack(fo.read())
-        found = {idx: (ext, source) for blob in found[shard]
-                 for idx, ext, source in codec.unpack(blob)}
+            lines = _unparked(lines)
+        resolved: dict[int, tuple[str, str]] = {}
+        for blob in found[shard]:
+            idxs, exts, sources = codec.unpack(blob)
+            resolved.update(zip(idxs, zip(exts, sources)))
+        found = resolved
         deleted_ids = {d["braze_id"] for d in deleted}
         deleted_ext = {d["external_id"] for d in deleted if d["external_id"]}
         stats: Counter = Counter()
@@ -453,11 +534,14 @@ class _Annotate(beam.DoFn):
             if own + unresolved == len(lines):
                 out = list(lines)
                 for idx, (ext, source) in found.items():
-                    r = codec.loads(out[idx])
-                    if _present(r.get("external_user_id")):
-                        continue
-                    r[SOURCE], r[RESOLVED] = source, ext
-                    out[idx] = codec.dumps(r)
+                    line = _backfilled(out[idx], ext, source)
+                    if line is None:  # not as ValidateEvents writes it: parsed
+                        r = codec.loads(out[idx])
+                        if _present(r.get("external_user_id")):
+                            continue
+                        r[SOURCE], r[RESOLVED] = source, ext
+                        line = codec.dumps(r)
+                    out[idx] = line
                     stats[f"identity/backfilled_{source}"] += 1
                     unresolved -= 1
                 stats["identity/from_event"] += own
