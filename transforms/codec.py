@@ -10,9 +10,10 @@ from __future__ import annotations
 import base64
 import datetime
 import decimal
+import io
 import pickle
 import uuid
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 import zstandard
@@ -46,6 +47,16 @@ def compress(data: bytes) -> bytes:
 
 def decompress(blob: bytes) -> bytes:
     return zstandard.ZstdDecompressor().decompress(blob)
+
+
+def compressing(fo: BinaryIO) -> BinaryIO:
+    """A writer compressing into ``fo`` (closing it ends the frame, not ``fo``)."""
+    return zstandard.ZstdCompressor(level=1).stream_writer(fo, closefd=False)
+
+
+def decompressing(fo: BinaryIO) -> BinaryIO:
+    """What ``compressing`` wrote, read from ``fo`` (buffered: iterate it for lines)."""
+    return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(fo, closefd=False))
 
 
 def pack(obj: Any) -> bytes:

@@ -468,25 +468,32 @@ def _orphans(merges: Iterable[list], buckets: int) -> Iterator[Any]:
 
 def _park(element: ShardLines, folder: str) -> tuple[int, str]:
     """A shard's events to a file of their own: the local runner would otherwise hold
-    every event in its memory until the map is built (the events wait for it). The
-    lines joined by newlines (canonical JSON has none of its own) and compressed; any
-    other lines pickled."""
+    every event in its memory until the map is built (the events wait for it). Lines of
+    canonical JSON (which has no newline of its own), compressed as they are written, a
+    few hundred at a time: no copy of the whole shard; any other lines pickled."""
     shard, lines = element
     path = FileSystems.join(folder, f"identity-{shard}-{uuid.uuid4().hex}.zst")
-    text = b"\n".join(lines)
-    blob = (b"L" + codec.compress(text) if lines and text.count(b"\n") == len(lines) - 1
-            else b"P" + codec.pack(lines))
+    as_lines = bool(lines) and not any(b"\n" in line for line in lines)
     with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as fo:
-        fo.write(blob)
+        fo.write(b"L" if as_lines else b"P")
+        if not as_lines:
+            fo.write(codec.pack(lines))
+            return shard, path
+        with codec.compressing(fo) as out:
+            for start in range(0, len(lines), _PARK_LINES):
+                out.write(b"\n".join(lines[start:start + _PARK_LINES]))
+                out.write(b"\n")
     return shard, path
+
+
+_PARK_LINES = 256
 
 
 def _unparked(path: str) -> list[bytes]:
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fo:
-        blob = fo.read()
-    if blob[:1] == b"P":
-        return codec.unpack(blob[1:])
-    return codec.decompress(blob[1:]).split(b"\n")
+        if fo.read(1) == b"P":
+            return codec.unpack(fo.read())
+        return [line[:-1] for line in codec.decompressing(fo)]  # each ends with b"\n"
 
 
 _OWN = b'"identity_source":"event"'
@@ -528,9 +535,9 @@ class _Annotate(beam.DoFn):
         stats: Counter = Counter()
         if not deleted_ids:
             # every event with its own identity already (ValidateEvents): the backfilled
-            # ones rewritten, the others counted in one pass over the shard's bytes
-            text = b"\n".join(lines)
-            own, unresolved = text.count(_OWN), text.count(_UNRESOLVED)
+            # ones rewritten, the others counted line by line (no joined copy of the shard)
+            own = sum(line.count(_OWN) for line in lines)
+            unresolved = sum(line.count(_UNRESOLVED) for line in lines)
             if own + unresolved == len(lines):
                 out = list(lines)
                 for idx, (ext, source) in found.items():
