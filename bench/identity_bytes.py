@@ -43,7 +43,6 @@ def main() -> None:
     events = sum(len(lines) for _, lines in shards)
     event_bytes = sum(len(x) for _, lines in shards for x in lines)
     scan = _Scan(True, args.shards)
-    scan.setup()
     sizes = {EVIDENCE: 0, NEEDS: 0, "other": 0}
     elements = 0
     started = time.process_time()

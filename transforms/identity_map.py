@@ -84,15 +84,10 @@ class _Scan(beam.DoFn):
     def __init__(self, backfill: bool, buckets: int):
         self._backfill, self._buckets = backfill, buckets
 
-    def setup(self):
-        self._bucket: dict[str, int] = {}  # braze_id -> bucket (a user has many events)
-
     def process(self, element: tuple[int, Any]) -> Iterator[Any]:
         shard, facts = element
         uids, exts, times, parse = _facts_of(facts) if type(facts) is list else facts
-        n, backfill, known = self._buckets, self._backfill, self._bucket
-        if len(known) > 1_000_000:
-            known.clear()
+        n, backfill = self._buckets, self._backfill
         merges, deletions = [], {}
         if parse:  # these events' facts from their JSON (copies: the input stays as it is)
             uids, exts, times = list(uids), list(exts), list(times)
@@ -107,12 +102,11 @@ class _Scan(beam.DoFn):
                 uids[idx], exts[idx], times[idx] = uid, ext if _present(ext) else None, t
         ev_uids, ev_exts, ev_times = ([[] for _ in range(n)] for _ in range(3))
         need_uids, need_idx = [[] for _ in range(n)], [[] for _ in range(n)]
+        crc = zlib.crc32
         for idx, uid in enumerate(uids):
             if not uid:
                 continue
-            bucket = known.get(uid)
-            if bucket is None:
-                bucket = known[uid] = bucket_of(uid, n)
+            bucket = crc(uid.encode("utf-8", "surrogatepass")) % n  # bucket_of, inlined
             ext = exts[idx]
             if ext:
                 ev_uids[bucket].append(uid)
