@@ -10,13 +10,10 @@ import orjson
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from pipelines.currents_to_partners import run
 from tests.braze_schemas import newer_record, write_newer
-from transforms import codec
-from transforms.identity_map import _backfilled, _park, _unparked, choose, follow_merges
+from transforms.identity_map import _park, _unparked, choose, follow_merges
 from transforms.testing import export_path, make_record, write_export
 
 CUSTOM = "users.behaviors.CustomEvent"
@@ -320,26 +317,6 @@ def test_the_map_is_the_same_with_or_without_dedup_facts():
             (orjson.loads(x)["identity_source"], orjson.loads(x)["resolved_external_user_id"])
             for x in sl[1]]), equal_to([("export", "alice"), ("event", "alice"),
                                        ("event", "x1")]), label="plain")
-
-
-@settings(max_examples=200, deadline=None)
-@given(ext=st.text(min_size=1), source=st.sampled_from(["export", "merge", "user_map"]),
-       other=st.dictionaries(st.text(max_size=8).filter(lambda k: k not in (
-           "identity_source", "resolved_external_user_id")), st.one_of(
-           st.none(), st.integers(-2**63, 2**63 - 1), st.text()), max_size=5))
-def test_a_backfill_by_text_gives_the_bytes_of_a_parse_and_dump(ext, source, other):
-    """Annotate rewrites a backfilled event by replacing two values in its canonical JSON;
-    the bytes must be those of parsing it, setting the fields and serialising it again
-    (any external_id: quotes, backslashes, control characters, non-BMP characters)."""
-    event = {**other, "identity_source": "none", "resolved_external_user_id": None}
-    line = codec.dumps(event)
-    expected = codec.dumps({**event, "identity_source": source,
-                            "resolved_external_user_id": ext})
-    spliced = _backfilled(line, ext, source)
-    assert spliced is None or spliced == expected
-    if b'"identity_source"' not in codec.dumps(other) and \
-            b'"resolved_external_user_id"' not in codec.dumps(other):
-        assert spliced == expected
 
 
 def test_parked_events_come_back_as_they_were(tmp_path):

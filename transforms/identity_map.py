@@ -492,20 +492,6 @@ def _unparked(path: str) -> list[bytes]:
 
 _OWN = b'"identity_source":"event"'
 _UNRESOLVED = b'"identity_source":"none"'
-_NOT_RESOLVED = b'"resolved_external_user_id":null'
-
-
-def _backfilled(line: bytes, ext: str, source: str) -> bytes | None:
-    """``line`` (an event ValidateEvents wrote without an external_id of its own) with
-    ``identity_source``/``resolved_external_user_id`` set, by replacing their text: the
-    same bytes as parsing and serialising it again (keys sorted, the values' JSON from
-    the same encoder), ~10x cheaper. None if the line is not as expected."""
-    if line.count(_UNRESOLVED) != 1 or line.count(_NOT_RESOLVED) != 1:
-        return None
-    return line.replace(_UNRESOLVED, b'"identity_source":' + codec.dumps(source)).replace(
-        _NOT_RESOLVED, b'"resolved_external_user_id":' + codec.dumps(ext))
-
-
 class _Annotate(beam.DoFn):
     """A shard's events with identity_source and resolved_external_user_id (and
     user_deleted); the Currents fields untouched. ``found``: a multimap side input read
@@ -535,14 +521,11 @@ class _Annotate(beam.DoFn):
             if own + unresolved == len(lines):
                 out = list(lines)
                 for idx, (ext, source) in found.items():
-                    line = _backfilled(out[idx], ext, source)
-                    if line is None:  # not as ValidateEvents writes it: parsed
-                        r = codec.loads(out[idx])
-                        if _present(r.get("external_user_id")):
-                            continue
-                        r[SOURCE], r[RESOLVED] = source, ext
-                        line = codec.dumps(r)
-                    out[idx] = line
+                    r = codec.loads(out[idx])
+                    if _present(r.get("external_user_id")):
+                        continue
+                    r[SOURCE], r[RESOLVED] = source, ext
+                    out[idx] = codec.dumps(r)
                     stats[f"identity/backfilled_{source}"] += 1
                     unresolved -= 1
                 stats["identity/from_event"] += own
