@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-
-import orjson
 from pathlib import Path
 
+import orjson
 import pytest
 
 from pipelines.currents_to_partners import run

@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import socket
-import time
 from typing import Any, Iterator
 from urllib.parse import urlparse
 
@@ -37,7 +36,7 @@ from apache_beam.metrics import Metrics
 
 from schemas import warehouse
 from transforms import codec
-from transforms.bigquery_rows import check_row, error
+from transforms.bigquery_rows import check_row, columns_of, error
 from transforms.columns import (ObserveColumns, columns_for, known_columns, table_of,
                                tables)
 from transforms.sinks import create_ndjson
@@ -261,6 +260,9 @@ class _ToRows(beam.DoFn):
         self._form, self._check = form, check
         self._project, self._dataset = project, dataset
 
+    def start_bundle(self):
+        self._columns: dict[str, Any] = {}  # event type -> its table's Columns
+
     def process(self, element: ShardLines, prepared: dict) -> Iterator:
         _, lines = element
         for line in lines:
@@ -268,7 +270,11 @@ class _ToRows(beam.DoFn):
             spec = prepared[event["event_type"]]
             row = _text_row(event, spec)
             if self._check:
-                errors = check_row(row, spec["schema"]["fields"], json_as_text=True,
+                columns = self._columns.get(event["event_type"])
+                if columns is None:
+                    columns = self._columns[event["event_type"]] = columns_of(
+                        spec["schema"]["fields"])
+                errors = check_row(row, columns, json_as_text=True,
                                    limit="load" if self._form == "load" else "storage")
                 if errors:
                     yield beam.pvalue.TaggedOutput(REJECTED, (

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -98,18 +98,34 @@ def _scalar_ok(kind: str, value: Any) -> bool:
     return True  # RECORD and other types this pipeline never makes
 
 
-def check_row(row: dict, fields: list[dict], json_as_text: bool,
+class Columns(NamedTuple):
+    """A table's columns as ``check_row`` reads them: ``(name, type, mode)`` each, types
+    in standard SQL names, modes upper case; derived once per table, not per row."""
+    names: frozenset
+    fields: tuple
+
+
+def columns_of(fields: list[dict]) -> Columns:
+    """``Columns`` of a schema's fields ({name, type, mode})."""
+    out = []
+    for field in fields:
+        kind = field["type"].upper()
+        out.append((field["name"], LEGACY.get(kind, kind),
+                    (field.get("mode") or "NULLABLE").upper()))
+    return Columns(frozenset(name for name, _, _ in out), tuple(out))
+
+
+def check_row(row: dict, fields: list[dict] | Columns, json_as_text: bool,
               limit: str = "load") -> list[dict]:
-    """BigQuery's errors for ``row`` against ``fields`` ({name, type, mode}): [] if it
-    would load. ``json_as_text``: JSON columns hold JSON text (else JSON values)."""
+    """BigQuery's errors for ``row`` against ``fields`` ({name, type, mode}, or their
+    ``columns_of``): [] if it would load. ``json_as_text``: JSON columns hold JSON text
+    (else JSON values)."""
+    columns = fields if isinstance(fields, Columns) else columns_of(fields)
     errors = []
-    columns = {f["name"]: f for f in fields}
     for name in row:
-        if name not in columns and row[name] is not None:
+        if name not in columns.names and row[name] is not None:
             errors.append(error(name, f"No such field: {name}."))
-    for name, field in columns.items():
-        kind = LEGACY.get(field["type"].upper(), field["type"].upper())
-        mode = (field.get("mode") or "NULLABLE").upper()
+    for name, kind, mode in columns.fields:
         value = row.get(name)
         if value is None:
             if mode == "REQUIRED":

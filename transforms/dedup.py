@@ -122,14 +122,11 @@ def _facts(entries: list[tuple]) -> tuple[list, list, list, dict]:
     the step must read itself (UserOrphan and UserDeleteRequest events, whose other fields
     it needs, and items of 4 made without ValidateEvents), their user_id given as None."""
     if all(len(e) >= 7 for e in entries):
-        uids, exts = [e[4] for e in entries], [e[5] for e in entries]
-        times = [e[6] for e in entries]
         parse = {i: e[3] for i, e in enumerate(entries) if e[1] in _PARSED}
-    else:
-        uids = [e[4] if len(e) >= 7 else None for e in entries]
-        exts = [e[5] if len(e) >= 7 else None for e in entries]
-        times = [e[6] if len(e) >= 7 else -1 for e in entries]
+    else:  # items made without ValidateEvents: their facts come from their JSON
         parse = {i: e[3] for i, e in enumerate(entries) if len(e) < 7 or e[1] in _PARSED}
+        entries = [e if len(e) >= 7 else (*e[:4], None, None, -1) for e in entries]
+    uids, exts, times = ([e[k] for e in entries] for k in (4, 5, 6))
     for i in parse:
         uids[i] = None
     return uids, exts, times, parse

@@ -102,11 +102,10 @@ class _Scan(beam.DoFn):
                 uids[idx], exts[idx], times[idx] = uid, ext if _present(ext) else None, t
         ev_uids, ev_exts, ev_times = ([[] for _ in range(n)] for _ in range(3))
         need_uids, need_idx = [[] for _ in range(n)], [[] for _ in range(n)]
-        crc = zlib.crc32
         for idx, uid in enumerate(uids):
             if not uid:
                 continue
-            bucket = crc(uid.encode("utf-8", "surrogatepass")) % n  # bucket_of, inlined
+            bucket = bucket_of(uid, n)
             ext = exts[idx]
             if ext:
                 ev_uids[bucket].append(uid)
@@ -157,35 +156,34 @@ def _pick(braze_id: str, cands: dict, source: str, conflicts: list) -> tuple:
     return braze_id, ext, source, first, last
 
 
+def _count(c: list, t: int) -> None:
+    """One more piece of evidence at time ``t`` for ``c`` = [count, first, last]."""
+    c[0] += 1
+    if t < c[1]:
+        c[1] = t
+    elif t > c[2]:
+        c[2] = t
+
+
 def _candidates(columns: Iterable[tuple[list, list, list]]) -> tuple[dict, dict]:
     """Evidence columns (user_ids, external_ids, times) -> ``(first, others)``: per
-    braze_id, ``[external_id, count, first time, last time]`` of the first external_id
+    braze_id, ``(external_id, [count, first time, last time])`` of the first external_id
     seen, and ``{external_id: [count, first, last]}`` of any other (rare: a conflict)."""
-    first: dict[str, list] = {}
+    first: dict[str, tuple[str, list]] = {}
     others: dict[str, dict] = {}
     for uids, exts, times in columns:
         for uid, ext, t in zip(uids, exts, times):
             c = first.get(uid)
             if c is None:
-                first[uid] = [ext, 1, t, t]
-                continue
-            if c[0] == ext:
-                c[1] += 1
-                if t < c[2]:
-                    c[2] = t
-                elif t > c[3]:
-                    c[3] = t
-                continue
-            more = others.setdefault(uid, {})
-            o = more.get(ext)
-            if o is None:
-                more[ext] = [1, t, t]
+                first[uid] = (ext, [1, t, t])
+            elif c[0] == ext:
+                _count(c[1], t)
             else:
-                o[0] += 1
-                if t < o[1]:
-                    o[1] = t
-                elif t > o[2]:
-                    o[2] = t
+                more = others.setdefault(uid, {})
+                if ext in more:
+                    _count(more[ext], t)
+                else:
+                    more[ext] = [1, t, t]
     return first, others
 
 
@@ -194,7 +192,7 @@ def _chosen(columns: Iterable[tuple[list, list, list]], source: str,
     """braze_id -> its map entry, from evidence columns; conflicts appended."""
     first, others = _candidates(columns)
     out = {}
-    for uid, (ext, n, f, l) in first.items():
+    for uid, (ext, (n, f, l)) in first.items():
         more = others.get(uid)
         if more is None:
             out[uid] = (uid, ext, source, f, l)
@@ -453,6 +451,12 @@ def _batched(rows: Iterable[Any], kind: str, buckets: int,
         yield bucket, (kind, codec.pack(items))
 
 
+def _chain_stats(orphans: list[tuple]) -> dict:
+    """Counters of one batch of ``_orphans``."""
+    return {"identity/orphan_chains": sum(hops >= 2 for _, _, hops, _ in orphans),
+            "identity/orphans_merged": len(orphans)}
+
+
 def _orphans(merges: Iterable[list], buckets: int) -> Iterator[Any]:
     """All merges (one worker: see the module docstring) -> orphans by their survivor's
     bucket, ``(survivor, orphan, hops, time)``."""
@@ -492,6 +496,8 @@ def _unparked(path: str) -> list[bytes]:
 
 _OWN = b'"identity_source":"event"'
 _UNRESOLVED = b'"identity_source":"none"'
+
+
 class _Annotate(beam.DoFn):
     """A shard's events with identity_source and resolved_external_user_id (and
     user_deleted); the Currents fields untouched. ``found``: a multimap side input read
@@ -499,7 +505,7 @@ class _Annotate(beam.DoFn):
 
     ValidateEvents already wrote each event's own identity, so only the events
     backfilled here (or under a deletion request, or made elsewhere without those
-    fields) are rewritten; the others pass as they are."""
+    fields) are parsed and rewritten; the others pass as they are."""
 
     def process(self, element: ShardLines, found: Any, deleted: list[dict]) -> Iterator[Any]:
         shard, lines = element
@@ -513,48 +519,41 @@ class _Annotate(beam.DoFn):
         deleted_ids = {d["braze_id"] for d in deleted}
         deleted_ext = {d["external_id"] for d in deleted if d["external_id"]}
         stats: Counter = Counter()
-        if not deleted_ids:
-            # every event with its own identity already (ValidateEvents): the backfilled
-            # ones rewritten, the others counted line by line (no joined copy of the shard)
-            own = sum(line.count(_OWN) for line in lines)
-            unresolved = sum(line.count(_UNRESOLVED) for line in lines)
-            if own + unresolved == len(lines):
-                out = list(lines)
-                for idx, (ext, source) in found.items():
-                    r = codec.loads(out[idx])
-                    if _present(r.get("external_user_id")):
-                        continue
-                    r[SOURCE], r[RESOLVED] = source, ext
-                    out[idx] = codec.dumps(r)
-                    stats[f"identity/backfilled_{source}"] += 1
-                    unresolved -= 1
-                stats["identity/from_event"] += own
-                stats["identity/unresolved"] += unresolved
-                yield shard, out
-                yield beam.pvalue.TaggedOutput(STATS, +stats)
-                return
+        own = unresolved = 0
         out = []
         for idx, line in enumerate(lines):
             hit = found.get(idx)
+            if hit is None and not deleted_ids:
+                # as ValidateEvents wrote it, with the event's own identity: kept as is
+                if _OWN in line:
+                    own += 1
+                    out.append(line)
+                    continue
+                if _UNRESOLVED in line:
+                    unresolved += 1
+                    out.append(line)
+                    continue
             r = codec.loads(line)
             ext = r.get("external_user_id")
             if _present(ext):
                 source = EVENT
-                stats["identity/from_event"] += 1
+                own += 1
             elif hit is not None:
                 ext, source = hit
                 stats[f"identity/backfilled_{source}"] += 1
             else:
                 ext, source = None, NONE
-                stats["identity/unresolved"] += 1
+                unresolved += 1
             r[SOURCE], r[RESOLVED] = source, ext
             if deleted_ids and (r.get("user_id") in deleted_ids or ext in deleted_ext
                                 or r.get("external_user_id") in deleted_ext):
                 r["user_deleted"] = True
                 stats["identity/deleted_events"] += 1
             out.append(codec.dumps(r))
+        stats["identity/from_event"] += own
+        stats["identity/unresolved"] += unresolved
         yield shard, out
-        yield beam.pvalue.TaggedOutput(STATS, dict(stats))
+        yield beam.pvalue.TaggedOutput(STATS, +stats)  # counts of 0 left out
 
 
 class IdentityOutputs(NamedTuple):
@@ -639,9 +638,8 @@ class ResolveIdentityMap(beam.PTransform):
             beam.pvalue.AsList(deletions)).with_outputs(STATS, main="events")
         conflicts = conflicts | "AllConflicts" >> beam.Flatten()
         errors = (errors or [p | "NoErrors" >> beam.Create([])]) | "AllErrors" >> beam.Flatten()
-        orphans_merged = chains.orphans | "CountChains" >> beam.Map(lambda b: {
-            "identity/orphan_chains": sum(hops >= 2 for _, _, hops, _ in codec.unpack(b[1][1])),
-            "identity/orphans_merged": len(codec.unpack(b[1][1]))})
+        orphans_merged = chains.orphans | "CountChains" >> beam.Map(
+            lambda b: _chain_stats(codec.unpack(b[1][1])))
         stats = [annotated[STATS], resolved[STATS], orphans_merged,
                  conflicts | "CountConflicts" >> beam.Map(
                      lambda c: {f"identity/conflicts/{c['kind']}": 1}),
