@@ -33,7 +33,7 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
 from pydantic import ValidationError
 
 from pipelines.options import OptionError, RunConfig, parse
-from pipelines.state import LockHeld, Plan, State, new_run_id, run_summary
+from pipelines.state import LockHeld, Plan, State, iso_time, new_run_id, run_summary
 from pipelines.storage import StorageError, prepare_storage
 from transforms import codec
 from transforms import (DeduplicateEvents, FormatForPartners, ReadCurrentsExport,
@@ -185,7 +185,8 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
     make_summary = functools.partial(summary_with_identity, partners=cfg.partners, shards=n,
                                      deliver=cfg.deliver, dry_run=cfg.deliver_dry_run)
     if plan:
-        make_summary = functools.partial(run_summary, make_summary, plan.run_id)
+        make_summary = functools.partial(run_summary, make_summary, plan.run_id,
+                                         plan.ledger_summary())
     return p | "CommitOutputs" >> CommitOutputs(
         cfg.output, temp_dir, OUTPUT_FOLDERS, written, stats, make_summary)
 
@@ -396,11 +397,15 @@ def _incremental(cfg: RunConfig, beam_args: list[str]) -> int:
     try:
         run_id = new_run_id()
         try:
-            plan = state.plan(cfg.input, run_id)
+            plan = state.plan(cfg.input, run_id, cfg.ledger_retention)
         except Exception as exc:
             return _fail(f"cannot list {cfg.input}: {exc}", 2)
         if not plan.listed:
             return _fail(f"no .avro files found under {cfg.input}", 2)
+        if plan.before_horizon:
+            print(f"{plan.before_horizon} files under {cfg.input} were last updated before "
+                  f"the ledger's horizon ({iso_time(state.doc['ledger_horizon'])}, "
+                  "--ledger-retention): not read", flush=True)
         runs = FileSystems.join(cfg.output, RUNS)
         run_cfg = cfg.model_copy(update={"output": FileSystems.join(runs, run_id)})
         if not plan.new_files:
@@ -422,7 +427,9 @@ def _incremental(cfg: RunConfig, beam_args: list[str]) -> int:
         with FileSystems.create(FileSystems.join(runs, LATEST)) as fo:
             fo.write(f"{run_id}\n".encode())
         print(f"State {cfg.state} committed: run {run_id}, {len(plan.new_files)} new "
-              f"files recorded")
+              f"files recorded" + (f", {plan.pruned} older than "
+                                   f"{summary['ledger']['horizon']} forgotten"
+                                   if plan.pruned else ""))
         return code
     finally:
         state.lock.release()

@@ -73,6 +73,7 @@ class RunConfig(BaseModel):
     # incremental runs (pipelines.state, docs/scheduling.md)
     state: str | None = None
     dedup_window: int = Field(DEDUP_WINDOW, ge=0)  # seconds of event time
+    ledger_retention: int | None = Field(None, gt=0)  # seconds of file update time
     # streaming (pipelines.streaming)
     streaming: bool = False
     poll_interval: float = Field(60.0, gt=0)
@@ -240,6 +241,8 @@ class RunConfig(BaseModel):
         if self.streaming and self.state:
             raise ValueError("--state is for scheduled batch runs; --streaming keeps its "
                              "dedup in keyed state (docs/scheduling.md): use one of them")
+        if self.ledger_retention and not self.state:
+            raise ValueError("--ledger-retention prunes the ledger of --state: give --state")
         return self
 
     @model_validator(mode="after")
@@ -463,6 +466,12 @@ def parser() -> argparse.ArgumentParser:
                     help="with --state: how far back, in event time, events are remembered "
                          "to drop copies re-delivered in later runs, e.g. 72h, 90m, 3d "
                          "(default: 72h)")
+    ap.add_argument("--ledger-retention", "--ledger_retention", dest="ledger_retention",
+                    type=duration, default=None,
+                    help="with --state: forget processed files last updated this long "
+                         "before the newest one, e.g. 30d; files older than that are then "
+                         "never read, only counted (docs/scheduling.md). Default: keep "
+                         "every path")
     ap.add_argument("--streaming", type=_flag, nargs="?", const=True, default=False,
                     help="watch --input for new .avro files and write windowed outputs "
                          "under <output>/stream/<window>/, each with its summary.json "

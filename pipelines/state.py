@@ -8,6 +8,11 @@ Layout under ``--state`` (any FileSystems path: local, gs://, s3://, azfs://)::
     seen/<run_id>/       the seen store written by that run (transforms.seen)
     lock.json            {token, owner, expires}: one run at a time
 
+With ``--ledger-retention``, each commit drops the files last updated that long before
+the newest one and records that time as the ledger's horizon: files updated before it
+are then never read again, whether the ledger still names them or not (counted as
+``before_horizon``), so the ledger stays as long as the retention whatever the history.
+
 A run reads ``state.json`` once, writes its new ledger and seen generation under new
 names, and only after its outputs are committed rewrites ``state.json`` to point at them:
 a run that fails before that leaves the state as it was (its unreferenced files are
@@ -126,17 +131,32 @@ class Plan:
     seen_new: str                   # where this run writes the next one
     seen_shards: int
     seen_entries: int               # entries in the current store (its last commit)
+    ledger: dict[str, list]         # the ledger this run commits (pruned to the horizon)
+    horizon: float | None           # files updated before this are not read (epoch s)
+    pruned: int                     # entries this run's commit drops
+    before_horizon: int             # listed files not read for being before the horizon
+
+    def ledger_summary(self) -> dict:
+        """The ledger's counts for summary.json (the horizon after this run's commit)."""
+        return {"entries": len(self.ledger), "pruned": self.pruned,
+                "before_horizon": self.before_horizon, "horizon": iso_time(self.horizon)}
 
     def seen_store(self, window: int) -> SeenStore:
         return SeenStore(old=self.seen_old, new=self.seen_new, run_id=self.run_id,
                          window=window, shards=self.seen_shards)
 
 
-def run_summary(make_summary: Callable[[dict], dict], run_id: str, stats: dict) -> dict:
-    """An incremental run's summary.json: the usual one, its run id and the counts of
-    the seen store."""
+def iso_time(epoch: float | None) -> str | None:
+    return None if epoch is None else datetime.datetime.fromtimestamp(
+        epoch, datetime.timezone.utc).isoformat()
+
+
+def run_summary(make_summary: Callable[[dict], dict], run_id: str, ledger: dict,
+                stats: dict) -> dict:
+    """An incremental run's summary.json: the usual one, its run id, the counts of the
+    seen store and ``ledger`` (``Plan.ledger_summary``)."""
     summary = make_summary(stats)
-    summary.update(run_id=run_id,
+    summary.update(run_id=run_id, ledger=ledger,
                    duplicates_across_runs=stats.get("duplicates_across_runs", 0),
                    seen_store={"entries": stats.get("seen_store_entries", 0),
                                "bytes": stats.get("seen_store_bytes", 0)})
@@ -160,13 +180,18 @@ class State:
     def _at(self, relative: str) -> str:
         return FileSystems.join(self.path, relative)
 
-    def plan(self, input_path: str, run_id: str) -> Plan:
+    def plan(self, input_path: str, run_id: str, retention: int | None = None) -> Plan:
+        """What to read under ``input_path``; ``retention`` (seconds): prune the ledger
+        this run commits to the files updated that long before the newest one."""
         found = FileSystems.match([export_pattern(input_path)])[0].metadata_list
-        new, changed, meta = [], [], {}
+        horizon = self.doc.get("ledger_horizon")
+        new, changed, meta, before = [], [], {}, 0
         for m in sorted(found, key=lambda m: (-m.size_in_bytes, m.path)):
             updated = round(float(getattr(m, "last_updated_in_seconds", 0) or 0), 3)
             known = self.ledger.get(m.path)
-            if known is None:
+            if horizon is not None and 0 < updated < horizon:
+                before += 1  # processed, or older than what this state remembers
+            elif known is None:
                 new.append(m.path)
                 meta[m.path] = [m.size_in_bytes, updated, run_id]
             elif known[:2] != [m.size_in_bytes, updated]:
@@ -175,12 +200,21 @@ class State:
                     "reason": "changed_after_processing",
                     "error": f"processed by run {known[2]} at {known[0]} bytes; now "
                              f"{m.size_in_bytes} bytes, updated {updated}: not read again"})
+        ledger = {**self.ledger, **meta}
+        pruned = 0
+        if retention:
+            newest = max((entry[1] for entry in ledger.values()), default=0)
+            if newest > 0:  # a filesystem without update times prunes nothing
+                horizon = max(horizon or 0, newest - retention)
+                kept = {p: e for p, e in ledger.items() if not 0 < e[1] < horizon}
+                pruned, ledger = len(ledger) - len(kept), kept
         seen = self.doc.get("seen")
         return Plan(run_id=run_id, listed=len(found), new_files=new, changed=changed, new_meta=meta,
                     seen_old=self._at(seen) if seen else None,
                     seen_new=self._at(f"seen/{run_id}"),
                     seen_shards=self.doc.get("seen_shards", SEEN_SHARDS),
-                    seen_entries=self.doc.get("seen_entries", 0))
+                    seen_entries=self.doc.get("seen_entries", 0),
+                    ledger=ledger, horizon=horizon, pruned=pruned, before_horizon=before)
 
     def commit(self, plan: Plan, seen_entries: int) -> None:
         """Point the state at this run's ledger and seen store (after its outputs are
@@ -190,10 +224,12 @@ class State:
             raise LockHeld("the lock on this --state expired during the run and another "
                            "run took it: this run's files are not recorded")
         ledger = f"ledger/{plan.run_id}.zst"
-        _write(self._at(ledger), codec.pack({**self.ledger, **plan.new_meta}))
+        _write(self._at(ledger), codec.pack(plan.ledger))
         doc = {"run_id": plan.run_id, "ledger": ledger, "seen": f"seen/{plan.run_id}",
                "seen_shards": plan.seen_shards, "seen_entries": seen_entries,
                "committed": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+        if plan.horizon is not None:
+            doc["ledger_horizon"] = plan.horizon
         _write(self._at(STATE), json.dumps(doc, indent=2).encode())
         self.doc = doc
         for folder, keep in (("ledger", ledger), ("seen", doc["seen"])):

@@ -129,7 +129,8 @@ def test_flex_template_parameters_reach_the_pipeline_config():
               "bigquery_method": "storage_write_api",
               "bigquery_endpoint": "http://127.0.0.1:9050",
               "bigquery_expansion_service": "localhost:8097",
-              "state": "gs://b/state", "dedup_window": "72h", "streaming": "false",
+              "state": "gs://b/state", "dedup_window": "72h", "ledger_retention": "30d",
+              "streaming": "false",
               "poll_interval": "30", "window": "15", "stop_after": "3600"}
     for p in flex_template_metadata()["parameters"]:
         for regex in p.get("regexes", []):
@@ -144,7 +145,8 @@ def test_flex_template_parameters_reach_the_pipeline_config():
     assert cfg.partner_config()["mixpanel_token"] == "t0k"
     assert (cfg.forward_new_fields, cfg.strict) == (True, False)
     assert (cfg.deliver, cfg.amplitude_api, cfg.deliver_dry_run) == ((), "batch", True)
-    assert (cfg.state, cfg.dedup_window) == ("gs://b/state", 72 * 3600)
+    assert (cfg.state, cfg.dedup_window, cfg.ledger_retention) == (
+        "gs://b/state", 72 * 3600, 30 * 86400)
     assert (cfg.streaming, cfg.poll_interval, cfg.window, cfg.stop_after) == (
         False, 30.0, 15.0, 3600.0)
     assert (cfg.bigquery_dataset, cfg.bigquery_method, cfg.bigquery_expansion_service) == (

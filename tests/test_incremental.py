@@ -1,6 +1,7 @@
 """Incremental runs (--state): new files only, duplicates across runs, a lock, and the
 union of many runs equal to one run over everything. Real Avro files in tmp folders."""
 import json
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.currents_to_partners import run
-from pipelines.state import Lock, LockHeld
+from pipelines.state import Lock, LockHeld, State, iso_time
 from tests.conftest import read_ndjson
 from transforms.testing import BASE_TIME, make_record, write_export
 
@@ -275,6 +276,65 @@ def test_dedup_window_takes_durations_and_refuses_nonsense(capsys):
         parse(["--input", "x", "--output", "y", "--dedup-window", "soon"])
     assert exc.value.code == 2
     assert "expected a duration such as 72h" in capsys.readouterr().err
+
+
+def _at(path: Path, epoch: int) -> Path:
+    os.utime(path, (epoch, epoch))
+    return path
+
+
+def test_ledger_retention_forgets_old_files_and_never_reads_them_again(tmp_path, capsys):
+    root, t0, hour = tmp_path / "in", 1_790_000_000, 3600
+    keep = "--ledger-retention", "1h"
+
+    def avro(offset: int) -> Path:
+        return next(root.rglob(f"*+{offset}.avro"))
+
+    add_file(root, 0, clicks(range(3)))
+    old = _at(avro(0), t0)
+    assert incremental(tmp_path, *keep) == 0
+    assert summary(latest(tmp_path))["ledger"] == {
+        "entries": 1, "pruned": 0, "before_horizon": 0,
+        "horizon": iso_time(t0 - hour)}
+
+    # two hours later, a new file: the first one is older than the newest by more than
+    # the retention, so the ledger forgets it
+    add_file(root, 100, clicks(range(10, 12)))
+    new = _at(avro(100), t0 + 2 * hour)
+    assert incremental(tmp_path, *keep) == 0
+    s2 = summary(latest(tmp_path))
+    assert (s2["rows_read"], s2["valid"]) == (2, 2)
+    assert s2["ledger"] == {"entries": 1, "pruned": 1, "before_horizon": 0,
+                            "horizon": iso_time(t0 + hour)}
+    assert list(State(str(tmp_path / "state")).ledger) == [str(new)]
+
+    # the forgotten file is still listed, and a file arrives with an old update time:
+    # neither is read (the horizon), both are counted and named in one line
+    add_file(root, 200, clicks(range(20, 22)))
+    _at(avro(200), t0)
+    capsys.readouterr()
+    assert incremental(tmp_path, *keep) == 0
+    s3 = summary(latest(tmp_path))
+    assert (s3["rows_read"], s3["ledger"]["before_horizon"]) == (0, 2)
+    assert "2 files under" in capsys.readouterr().out
+    assert old.exists()
+
+
+def test_without_ledger_retention_every_path_is_kept(tmp_path, capsys):
+    root = tmp_path / "in"
+    add_file(root, 0, clicks(range(2)))
+    _at(next(root.rglob("*+0.avro")), 1_000_000_000)  # years older than the next one
+    assert incremental(tmp_path) == 0
+    add_file(root, 100, clicks(range(5, 7)))
+    assert incremental(tmp_path) == 0
+    assert summary(latest(tmp_path))["ledger"] == {
+        "entries": 2, "pruned": 0, "before_horizon": 0, "horizon": None}
+    assert len(State(str(tmp_path / "state")).ledger) == 2
+    capsys.readouterr()  # meaningless without --state: an error before any reading
+    assert run(["--input", str(root), "--output", str(tmp_path / "o2"), *EVENTS_ONLY,
+                "--ledger-retention", "30d"]) == 2
+    assert "--ledger-retention prunes the ledger of --state" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()
 
 
 def test_state_and_input_on_gs(gcs_emulator, tmp_path, capsys):
