@@ -8,7 +8,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from schemas.build_from_seeds import build_mappings, parse_spec
 from schemas.catalogue import read_json_resource
-from transforms import FormatForPartner, PartnerFormatter, resolve_identity
+from transforms import FormatForPartner, PartnerFormatter
 from transforms.testing import make_record, payload_leaves as leaves, payload_problems
 
 PARTNERS = ("amplitude", "mixpanel", "mparticle", "segment")

@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 from collections import defaultdict
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
