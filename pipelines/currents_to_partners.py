@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -38,7 +39,7 @@ from pipelines.storage import StorageError, prepare_storage
 from transforms import codec
 from transforms import (DeduplicateEvents, FormatForPartners, ReadCurrentsExport,
                         ValidateEvents)
-from transforms.deliver import FAILED, DeliverToPartner
+from transforms.deliver import FAILED, RETRIABLE, DeliverToPartner, ReadUndelivered
 from transforms.fanout import skipped_tag
 from transforms.identity_map import ResolveIdentityMap, identity_summary, input_files
 from transforms.pii import ApplyPii, apply_to_identity_record, hasher
@@ -167,7 +168,13 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
             formatted[skipped_tag(partner)] | f"WriteSkipped[{partner}]" >> WriteShards(
                 temp_dir, f"partners/{partner}/_skipped", n)]
     for partner in cfg.deliver:  # exactly the payloads written to partners/<partner>/
-        delivery = formatted[partner] | f"Deliver[{partner}]" >> DeliverToPartner(
+        payloads, pending = formatted[partner], plan and plan.pending.get(partner)
+        if pending:  # and what earlier runs with this --state left undelivered
+            earlier = p | f"Undelivered[{partner}]" >> ReadUndelivered(partner, pending)
+            stats.append(earlier[STATS])
+            payloads = (payloads, earlier.payloads) | f"AndUndelivered[{partner}]" >> (
+                beam.Flatten())
+        delivery = payloads | f"Deliver[{partner}]" >> DeliverToPartner(
             partner, cfg.delivery_config(partner))
         stats.append(delivery[STATS])
         written.append(
@@ -402,6 +409,8 @@ def _incremental(cfg: RunConfig, beam_args: list[str]) -> int:
             return _fail(f"cannot list {cfg.input}: {exc}", 2)
         if not plan.listed:
             return _fail(f"no .avro files found under {cfg.input}", 2)
+        for partner in cfg.deliver:
+            _check_pending(plan, partner)
         if plan.before_horizon:
             print(f"{plan.before_horizon} files under {cfg.input} were last updated before "
                   f"the ledger's horizon ({iso_time(state.doc['ledger_horizon'])}, "
@@ -421,7 +430,8 @@ def _incremental(cfg: RunConfig, beam_args: list[str]) -> int:
                   file=sys.stderr if code else sys.stdout)
             return code
         try:
-            state.commit(plan, summary["seen_store"]["entries"])
+            state.commit(plan, summary["seen_store"]["entries"],
+                         pending_deliveries(cfg, plan, summary, run_cfg.output))
         except LockHeld as exc:
             return _fail(f"outputs in {run_cfg.output}, but {exc}", 1)
         with FileSystems.create(FileSystems.join(runs, LATEST)) as fo:
@@ -433,6 +443,40 @@ def _incremental(cfg: RunConfig, beam_args: list[str]) -> int:
         return code
     finally:
         state.lock.release()
+
+
+def _check_pending(plan: Plan, partner: str) -> None:
+    """Say what an earlier run left undelivered to ``partner`` and is sent again; drop
+    files that are gone (a cleaned-up runs/ folder) with a warning, not a crash."""
+    paths = plan.pending.get(partner)
+    if not paths:
+        return
+    folders = sorted({path.rsplit("/", 1)[0] for path in paths})
+    found = FileSystems.match([FileSystems.join(f, "part-*") for f in folders])
+    listed = {m.path for result in found for m in result.metadata_list}
+    kept = [path for path in paths if path in listed]
+    if len(kept) < len(paths):
+        print(f"warning: {len(paths) - len(kept)} delivery_failed/{partner} files of an "
+              "earlier run are gone; their payloads are not sent again", file=sys.stderr)
+    plan.pending[partner] = kept
+    if kept:
+        print(f"{partner}: sending again what {', '.join(folders)} left undelivered",
+              flush=True)
+
+
+def pending_deliveries(cfg: RunConfig, plan: Plan, summary: dict, output: str) -> dict:
+    """Per partner, the delivery_failed/ files the next run sends again: this run's, if
+    it left payloads a new attempt can deliver; earlier ones for partners this run did
+    not send to, and in a dry run (nothing was sent)."""
+    pending = dict(plan.pending)
+    for partner in () if cfg.deliver_dry_run else cfg.deliver:
+        pending.pop(partner, None)
+        failed = summary["delivery"][partner]["failed_reasons"]
+        if any(failed.get(reason) for reason in RETRIABLE):
+            pattern = FileSystems.join(output, "delivery_failed", partner, "part-*")
+            pending[partner] = sorted(
+                m.path for m in FileSystems.match([pattern])[0].metadata_list)
+    return pending
 
 
 def _execute(cfg: RunConfig, beam_args: list[str], plan: Plan | None = None) -> int:
@@ -512,12 +556,13 @@ def _check_delivery(cfg: RunConfig, summary: dict) -> int:
             reasons = ", ".join(f"{r} {k}" for r, k in d["failed_reasons"].items())
             print(f"{partner}: {d['failed']} events not delivered ({reasons}); see "
                   f"delivery_failed/{partner}/", file=sys.stderr)
-        undelivered = sum(d["failed_reasons"].get(r, 0)
-                          for r in ("retries_exhausted", "unauthorized"))
+        undelivered = sum(d["failed_reasons"].get(r, 0) for r in RETRIABLE)
         if undelivered:
             code = _fail(f"{undelivered} events not delivered to {partner} "
-                         "(retries exhausted or credentials refused); rerun to resend "
-                         "(the partner deduplicates by event id)", 1)
+                         "(retries exhausted or credentials refused); " + (
+                             "the next run with this --state sends them again"
+                             if cfg.state else "rerun to resend") +
+                         " (the partner deduplicates by event id)", 1)
     return code
 
 

@@ -8,6 +8,10 @@ Layout under ``--state`` (any FileSystems path: local, gs://, s3://, azfs://)::
     seen/<run_id>/       the seen store written by that run (transforms.seen)
     lock.json            {token, owner, expires}: one run at a time
 
+With ``--deliver``, ``state.json`` also lists the delivery_failed/ files of the last run
+whose payloads a new attempt can deliver (``pending_delivery``): the next run sends them
+again with its own, so a partner that was down gets them without any file read twice.
+
 With ``--ledger-retention``, each commit drops the files last updated that long before
 the newest one and records that time as the ledger's horizon: files updated before it
 are then never read again, whether the ledger still names them or not (counted as
@@ -135,6 +139,7 @@ class Plan:
     horizon: float | None           # files updated before this are not read (epoch s)
     pruned: int                     # entries this run's commit drops
     before_horizon: int             # listed files not read for being before the horizon
+    pending: dict[str, list[str]]   # partner -> delivery_failed/ files to send again
 
     def ledger_summary(self) -> dict:
         """The ledger's counts for summary.json (the horizon after this run's commit)."""
@@ -214,11 +219,14 @@ class State:
                     seen_new=self._at(f"seen/{run_id}"),
                     seen_shards=self.doc.get("seen_shards", SEEN_SHARDS),
                     seen_entries=self.doc.get("seen_entries", 0),
-                    ledger=ledger, horizon=horizon, pruned=pruned, before_horizon=before)
+                    ledger=ledger, horizon=horizon, pruned=pruned, before_horizon=before,
+                    pending=self.doc.get("pending_delivery", {}))
 
-    def commit(self, plan: Plan, seen_entries: int) -> None:
+    def commit(self, plan: Plan, seen_entries: int,
+               pending: dict[str, list[str]] | None = None) -> None:
         """Point the state at this run's ledger and seen store (after its outputs are
-        committed), then remove what no longer belongs to it. Refuses (LockHeld) if the
+        committed), then remove what no longer belongs to it. ``pending``: per partner,
+        the delivery_failed/ files the next run sends again. Refuses (LockHeld) if the
         lock expired and another run took it meanwhile: that run read the same state."""
         if not self.lock.held():
             raise LockHeld("the lock on this --state expired during the run and another "
@@ -230,6 +238,8 @@ class State:
                "committed": datetime.datetime.now(datetime.timezone.utc).isoformat()}
         if plan.horizon is not None:
             doc["ledger_horizon"] = plan.horizon
+        if pending:
+            doc["pending_delivery"] = pending
         _write(self._at(STATE), json.dumps(doc, indent=2).encode())
         self.doc = doc
         for folder, keep in (("ledger", ledger), ("seen", doc["seen"])):

@@ -150,6 +150,66 @@ def test_rerun_delivers_the_same_keys(fake_partners, credentials, tmp_path):
         assert fake_partners[p].received == {k: 2 for k in first[p]}  # same keys again
 
 
+def test_with_state_what_a_down_partner_missed_goes_with_the_next_run(
+        fake_partners, credentials, tmp_path, capsys):
+    click = "users.messages.email.Click"
+    write_export(tmp_path / "in", {click: [make_record(click, seed=s) for s in range(8)]})
+    runs = tmp_path / "out" / "runs"
+    args = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+            "--state", str(tmp_path / "state"), "--partners", "segment",
+            *delivery_args(fake_partners, ("segment",)), "--delivery-max-retries", "1"]
+
+    def last_run() -> tuple[Path, dict]:
+        folder = runs / (runs / "_latest").read_text().strip()
+        return folder, json.loads((folder / "summary.json").read_text())
+
+    fake_partners["segment"].down = True
+    assert run(args) == 1
+    assert "the next run with this --state sends them again" in capsys.readouterr().err
+    first, s1 = last_run()
+    keys = written_keys(first, "segment")
+    assert keys and s1["delivery"]["segment"]["failed_reasons"] == {
+        "retries_exhausted": len(keys)}
+
+    # the partner is back: no file is read again, what it missed is delivered
+    fake_partners["segment"].down = False
+    assert run(args) == 0
+    assert "segment: sending again what" in capsys.readouterr().out
+    second, s2 = last_run()
+    d = s2["delivery"]["segment"]
+    assert (s2["rows_read"], s2["partners"]["segment"]["written"]) == (0, 0)
+    assert (d["carried_over"], d["delivered"], d["failed"], d["accounted"]) == (
+        len(keys), len(keys), 0, True)
+    assert fake_partners["segment"].received == {k: 1 for k in keys}
+
+    # nothing is left to send: the next run sends nothing again
+    assert run(args) == 0
+    assert last_run()[1]["delivery"]["segment"]["carried_over"] == 0
+    assert fake_partners["segment"].received == {k: 1 for k in keys}
+
+
+def test_only_failures_a_new_attempt_can_fix_are_read_again(tmp_path):
+    from apache_beam.testing.util import assert_that, equal_to
+    from transforms.deliver import ReadUndelivered
+    from transforms.types import STATS
+    path = tmp_path / "delivery_failed" / "segment" / "part-00000-of-00001.ndjson"
+    path.parent.mkdir(parents=True)
+    reasons = ["retries_exhausted", "rejected_by_partner", "unauthorized",
+               "payload_too_large_for_partner"]
+    path.write_bytes(b"".join(json.dumps({
+        "reason": r, "event_type": "E", "id": str(i), "status": 503, "error": "x",
+        "payload": {"messageId": str(i), "event": "E"}}).encode() + b"\n"
+        for i, r in enumerate(reasons)))
+    with TestPipeline() as p:
+        out = p | ReadUndelivered("segment", [str(path)])
+        assert_that(out.payloads, equal_to([(0, [b'{"messageId":"0","event":"E"}',
+                                                 b'{"messageId":"2","event":"E"}'])]))
+        assert_that(out[STATS], equal_to([{"delivery/segment/carried_over": 2}]),
+                    label="stats")
+    with pytest.raises(ValueError, match="unknown partner"):
+        ReadUndelivered("braze", [str(path)])
+
+
 def test_credentials_checked_before_reading(tmp_path, capsys, monkeypatch):
     for name in (*CREDENTIALS, "MIXPANEL_SERVICE_ACCOUNT_USERNAME"):
         monkeypatch.delenv(name, raising=False)

@@ -34,6 +34,8 @@ from urllib.parse import quote
 
 import apache_beam as beam
 import orjson
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from transforms.types import STATS, ShardLines, ShardLinesIn
@@ -594,5 +596,60 @@ class DeliverToPartner(beam.PTransform):
         return {FAILED: failed, STATS: stats}
 
 
-__all__ = ["DeliverToPartner", "DeliveryConfig", "APIS", "DEFAULT_ENDPOINTS",
-           "DEFAULT_MAX_RPS", "FAILED", "TOO_LARGE", "EXHAUSTED", "REJECTED", "UNAUTHORIZED"]
+# --- what earlier runs left undelivered ------------------------------------------------
+
+# failures a later attempt can turn into deliveries (the others never will)
+RETRIABLE = (EXHAUSTED, UNAUTHORIZED)
+
+
+class _Undelivered(beam.DoFn):
+    """A delivery_failed/ file -> ShardLines of its payloads worth sending again."""
+
+    def __init__(self, partner: str):
+        self._partner = partner
+
+    def process(self, path: str) -> Iterator[Any]:
+        payloads = []
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fo:
+            for line in fo:
+                record = orjson.loads(line)
+                if record.get("reason") in RETRIABLE:
+                    payload = record["payload"]
+                    payloads.append(payload.encode() if isinstance(payload, str)
+                                    else orjson.dumps(payload))
+        if payloads:
+            Metrics.counter("delivery", f"{self._partner}/carried_over").inc(len(payloads))
+            yield ShardLines(0, payloads)  # the shard is not used by delivery
+        yield beam.pvalue.TaggedOutput(
+            STATS, {f"delivery/{self._partner}/carried_over": len(payloads)})
+
+
+class ReadUndelivered(beam.PTransform):
+    """Earlier runs' ``delivery_failed/<partner>/`` files -> the payloads they left
+    undelivered for a reason a new attempt can fix (``retries_exhausted``,
+    ``unauthorized``), as ShardLines to flatten into DeliverToPartner's input.
+
+    Applied to the pipeline. Outputs: main ``payloads``; tagged ``stats``:
+    ``delivery/<p>/carried_over`` (also a Beam counter). Permanent failures (rejected,
+    too large) stay where they are: sending them again would fail again.
+    """
+
+    def __init__(self, partner: str, paths: list[str]):
+        super().__init__()
+        if partner not in DEFAULT_ENDPOINTS:
+            raise ValueError(f"unknown partner {partner!r}; choose from "
+                             f"{', '.join(DEFAULT_ENDPOINTS)}")
+        if isinstance(paths, str) or not all(isinstance(x, str) and x for x in paths):
+            raise ValueError("paths must be a list of delivery_failed/ file paths")
+        self._partner, self._paths = partner, list(paths)
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "Files" >> beam.Create(self._paths)
+                | "Payloads" >> beam.ParDo(_Undelivered(self._partner)).with_output_types(
+                    ShardLines).with_outputs(STATS, main="payloads"))
+
+
+__all__ = ["DeliverToPartner", "DeliveryConfig", "ReadUndelivered", "APIS",
+           "DEFAULT_ENDPOINTS", "DEFAULT_MAX_RPS", "FAILED", "RETRIABLE", "TOO_LARGE",
+           "EXHAUSTED", "REJECTED", "UNAUTHORIZED"]

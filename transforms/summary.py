@@ -129,8 +129,8 @@ def build_summary(stats: dict, partners: Iterable[str] = (), deliver: Iterable[s
     if deliver:
         summary["delivery"] = {p: delivery_summary(stats, p, dry_run) for p in deliver}
         for p, d in summary["delivery"].items():
-            d["accounted"] = (d["delivered"] + d["failed"]
-                              == summary["partners"].get(p, {}).get("written"))
+            d["accounted"] = (d["delivered"] + d["failed"] == d["carried_over"]
+                              + summary["partners"].get(p, {}).get("written", 0))
     if any(k.startswith("parquet/") for k in stats):
         summary["parquet"] = {"files": stats.get("parquet/files", 0),
                               "rows_written": stats.get("parquet/rows_written", 0)}
@@ -142,12 +142,13 @@ def build_summary(stats: dict, partners: Iterable[str] = (), deliver: Iterable[s
 
 
 def delivery_summary(stats: dict, partner: str, dry_run: bool = False) -> dict:
-    """``delivery.<partner>``: delivered + failed = payloads written for it (checked by
-    the caller, as ``accounted``). In a dry run "delivered" counts what would be sent."""
+    """``delivery.<partner>``: delivered + failed = payloads written for it plus those
+    carried over from earlier runs (checked by the caller, as ``accounted``). In a dry
+    run "delivered" counts what would be sent."""
     failed = _group(stats, f"delivery/{partner}/failed/")
     d = {"delivered": stats.get(f"delivery/{partner}/delivered", 0),
          "failed": sum(failed.values()), "failed_reasons": failed}
-    for key in ("requests", "retried_requests", "bytes_sent"):
+    for key in ("carried_over", "requests", "retried_requests", "bytes_sent"):
         d[key] = stats.get(f"delivery/{partner}/{key}", 0)
     if dry_run:
         d["dry_run"] = True
@@ -199,6 +200,8 @@ def render_table(summary: dict) -> str:
                      f"{d['delivered']} / {d['failed']}"))
         rows.append((f"  {partner} requests (retried)",
                      f"{d['requests']} ({d['retried_requests']})"))
+        if d.get("carried_over"):
+            rows.append((f"  {partner} from earlier runs", d["carried_over"]))
         for reason, n in d["failed_reasons"].items():
             rows.append((f"  {partner} failed: {reason}", n))
     if "parquet" in summary:
