@@ -132,6 +132,35 @@ def test_missing_salt_fails_before_reading(export, tmp_path, monkeypatch, capsys
     assert not out.exists()
 
 
+@pytest.mark.parametrize("policy", ["drop", "hash"])
+def test_personal_keys_inside_properties(tmp_path, monkeypatch, policy):
+    monkeypatch.setenv("CURRENTS_PII_SALT", SALT)
+    custom = "users.behaviors.CustomEvent"
+    bags = [{"email": f"prop-{n}@example.com", "First_Name": f"Ann{n}", "plan": "gold",
+             "winter_campaign_name": "Winter", "count": n} for n in range(4)]
+    rows = [make_record(custom, n, complete=True, id=f"ce-{n}", external_user_id=f"u-{n}",
+                        properties=json.dumps(bag)) for n, bag in enumerate(bags)]
+    write_export(tmp_path / "in", [{"event_type": custom, "rows": rows}])
+    out = tmp_path / "out"
+    assert run(["--input", str(tmp_path / "in"), "--output", str(out), "--pii", policy,
+                *TOKEN]) == 0
+    text = all_output_text(out)
+    assert [v for b in bags for v in (b["email"], b["First_Name"]) if v in text] == []
+    events = {e["id"]: json.loads(e["properties"])
+              for f in (out / "events").glob("part-*")
+              for e in map(json.loads, f.read_text().splitlines())}
+    segment = {p["messageId"]: p["properties"] for f in (out / "partners/segment").glob(
+        "part-*") for p in map(json.loads, f.read_text().splitlines())}
+    for n, bag in enumerate(bags):
+        want = {"plan": "gold", "winter_campaign_name": "Winter", "count": n}
+        if policy == "hash":
+            want.update(email=digest(bag["email"]), First_Name=digest(bag["First_Name"]))
+        assert events[f"ce-{n}"] == want
+        got = {k.removeprefix("[Custom event property] "): v
+               for k, v in segment[f"ce-{n}"].items()}
+        assert {k: got.get(k) for k in want} == want
+
+
 def test_name_rule_is_data():
     assert looks_personal("contact_email") and looks_personal("first_name")
     assert looks_personal("bsuid") and looks_personal("push_token")

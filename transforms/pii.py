@@ -1,7 +1,8 @@
 """PII controls: personal fields kept, hashed (HMAC-SHA256) or dropped, per output.
 
 Which fields are personal is data: the catalogue's ``[PII]`` marks, and for a field the
-catalogue does not know for its event type, the name rule of ``schemas/pii.json``.
+catalogue does not know for its event type, the name rule of ``schemas/pii.json``; the
+same rule for the keys inside ``properties`` (customer-defined, so no catalogue).
 Identity fields (``user_id``, ``external_user_id``, ``device_id``, ...) follow the policy
 only with ``identities=True`` (``--pii-identities``): hashing them changes attribution.
 ``hash`` writes ``hex(HMAC-SHA256(salt, value))`` (a non-string value: of its canonical
@@ -14,6 +15,7 @@ import fnmatch
 import functools
 import hashlib
 import hmac
+import json
 import os
 from typing import Any, Iterator, Literal
 
@@ -26,6 +28,9 @@ from transforms.types import ShardLines
 Policy = Literal["keep", "hash", "drop"]
 POLICIES = ("keep", "hash", "drop")
 SALT_ENV = "CURRENTS_PII_SALT"
+# the bag of customer-defined keys (custom events, purchases): its keys are not catalogue
+# fields, so the name rule decides for each
+PROPERTIES = "properties"
 
 
 @functools.lru_cache(maxsize=1)
@@ -34,6 +39,7 @@ def rules() -> dict:
     return read_json_resource("pii.json")
 
 
+@functools.lru_cache(maxsize=4096)
 def looks_personal(field: str) -> bool:
     """The name rule, for a field the catalogue does not know."""
     name, r = field.lower(), rules()
@@ -91,12 +97,42 @@ def salt_from_env(policies: tuple[str, ...]) -> str | None:
 
 
 def apply(record: dict, policy: str, personal: frozenset, digest) -> dict:
-    """``record`` with its ``personal`` fields hashed or dropped (a new dict)."""
-    if policy == "keep" or not personal:
+    """``record`` with its ``personal`` fields hashed or dropped (a new dict), and in its
+    ``properties`` bag the keys the name rule calls personal."""
+    if policy == "keep":
+        return record
+    bag = record.get(PROPERTIES)
+    if not personal and bag is None:
         return record
     if policy == "drop":
-        return {k: v for k, v in record.items() if k not in personal}
-    return {k: (digest(v) if k in personal else v) for k, v in record.items()}
+        out = {k: v for k, v in record.items() if k not in personal}
+    else:
+        out = {k: (digest(v) if k in personal else v) for k, v in record.items()}
+    if bag is not None and PROPERTIES not in personal:
+        out[PROPERTIES] = _properties(bag, policy, digest)
+    return out
+
+
+def _properties(value: Any, policy: str, digest) -> Any:
+    """A custom event's or purchase's properties (JSON text, as Currents writes them, or
+    an object) with each top-level key that looks personal by the name rule hashed or
+    dropped; unchanged (the same text) when none does or it is not a JSON object."""
+    bag = value
+    if isinstance(value, str):
+        try:
+            bag = json.loads(value)
+        except ValueError:
+            return value
+    if not isinstance(bag, dict):
+        return value
+    personal = [k for k in bag if isinstance(k, str) and looks_personal(k)]
+    if not personal:
+        return value
+    if policy == "drop":
+        bag = {k: v for k, v in bag.items() if k not in personal}
+    else:
+        bag = {k: (digest(v) if k in personal else v) for k, v in bag.items()}
+    return json.dumps(bag, ensure_ascii=False) if isinstance(value, str) else bag
 
 
 class _Apply(beam.DoFn):
