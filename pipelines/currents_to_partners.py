@@ -34,6 +34,7 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
 from pydantic import ValidationError
 
 from pipelines.options import OptionError, RunConfig, parse
+from pipelines.progress import Progress
 from pipelines.state import LockHeld, Plan, State, iso_time, new_run_id, run_summary
 from pipelines.storage import StorageError, prepare_storage
 from transforms import codec
@@ -514,8 +515,8 @@ def _execute(cfg: RunConfig, beam_args: list[str], plan: Plan | None = None) -> 
     try:
         spill = (tempfile.TemporaryDirectory(prefix="currents-shuffle-")
                  if runs_locally(options) else contextlib.nullcontext())
-        with spill as spill_dir, beam.Pipeline(runner=local_runner(options),
-                                                options=options) as p:
+        with spill as spill_dir, progress(cfg, spill_dir, temp_dir, files), beam.Pipeline(
+                runner=local_runner(options), options=options) as p:
             build(p, cfg, temp_dir, spill_dir, plan)
         if _job_not_run_here(options):
             print("Dataflow job built (--dry_run or --template_location), not run: no outputs")
@@ -535,6 +536,13 @@ def _execute(cfg: RunConfig, beam_args: list[str], plan: Plan | None = None) -> 
     if not summary["conservation_ok"]:
         return _fail("conservation check failed: rows_read != valid + invalid + duplicates", 1)
     return _check_delivery(cfg, summary)
+
+
+def progress(cfg: RunConfig, spill_dir: str | None, temp_dir: str, files: int) -> Any:
+    """Progress lines while a local run goes (``--progress-every``); none elsewhere."""
+    if spill_dir is None or not cfg.progress_every:
+        return contextlib.nullcontext()
+    return Progress(cfg.progress_every, spill_dir, temp_dir, files, cfg.shards)
 
 
 def _check_delivery(cfg: RunConfig, summary: dict) -> int:

@@ -50,6 +50,7 @@ class RunConfig(BaseModel):
     shards: int | None = Field(None, ge=1, le=100_000)  # None: from the input size
     batch_size: int = Field(BATCH_SIZE, ge=1)
     max_invalid_ratio: float | None = Field(None, ge=0.0, le=1.0)
+    progress_every: float = Field(10.0, ge=0.0)  # seconds; 0: no progress lines
     mixpanel_token: SecretStr | None = None
     mparticle_environment: Literal["production", "development"] = "production"
     mapping_overrides: str | None = None  # path of a --mapping-overrides file
@@ -397,6 +398,11 @@ def parser() -> argparse.ArgumentParser:
                     type=float, default=None,
                     help="fail the run (exit 1, after writing everything) when "
                          "invalid/rows_read exceeds this ratio (default: off)")
+    ap.add_argument("--progress-every", "--progress_every", dest="progress_every",
+                    type=float, default=10.0, metavar="SECONDS",
+                    help="on a local runner, print a line of progress (files read, shards "
+                         "deduplicated and written) this often; 0: none (default: 10; "
+                         "on Dataflow the console shows the counters)")
     ap.add_argument("--identity-map", "--identity_map", dest="identity_map", default=None,
                     metavar="PATH",
                     help="braze_id -> external_id map (local or gs:// file, folder or glob; "

@@ -119,7 +119,8 @@ def test_flex_template_parameters_reach_the_pipeline_config():
     import re
     values = {"input": "gs://b/in", "output": "gs://b/out", "partners": "segment,mixpanel",
               "mixpanel_token": "t0k", "mparticle_environment": "development", "shards": "3",
-              "batch_size": "500", "max_invalid_ratio": "0.25", "forward_new_fields": "true",
+              "batch_size": "500", "max_invalid_ratio": "0.25", "progress_every": "30",
+              "forward_new_fields": "true",
               "strict": "false", "deliver": "",
               "amplitude_api": "batch", "deliver_dry_run": "true", "delivery_concurrency": "2",
               "no_backfill_identities": "true", "pii": "drop", "pii_events": "keep",
@@ -142,6 +143,7 @@ def test_flex_template_parameters_reach_the_pipeline_config():
     assert (cfg.input, cfg.output, cfg.partners, cfg.mparticle_environment, cfg.shards,
             cfg.batch_size, cfg.max_invalid_ratio) == (
         "gs://b/in", "gs://b/out", ("segment", "mixpanel"), "development", 3, 500, 0.25)
+    assert cfg.progress_every == 30.0
     assert cfg.partner_config()["mixpanel_token"] == "t0k"
     assert (cfg.forward_new_fields, cfg.strict) == (True, False)
     assert (cfg.deliver, cfg.amplitude_api, cfg.deliver_dry_run) == ((), "batch", True)
