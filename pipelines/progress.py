@@ -3,7 +3,7 @@ none; on Dataflow the console shows the job's counters instead).
 
 Counted from the files the run itself writes, so nothing is asked of the runner:
 DeduplicateEvents spills one shuffle file per Avro file it has read, ResolveIdentityMap
-parks one file per deduplicated shard (``identity-<shard>-...``), and each shard of
+parks one file per deduplicated shard (``PARKED_PREFIX``), and each shard of
 ``events/`` is one file in the run's temporary output folder.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TextIO
 
 from apache_beam.io.filesystems import FileSystems
 
-PARKED = "identity-"  # transforms.identity_map._park's file names
+from transforms.identity_map import PARKED_PREFIX
 
 
 class Progress(threading.Thread):
@@ -38,7 +38,7 @@ class Progress(threading.Thread):
             names = os.listdir(self._spill)
         except OSError:
             names = []
-        parked = sum(n.startswith(PARKED) for n in names)
+        parked = sum(n.startswith(PARKED_PREFIX) for n in names)
         try:
             pattern = FileSystems.join(self._temp, "events", "part-*")
             written = len(FileSystems.match([pattern])[0].metadata_list)

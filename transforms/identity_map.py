@@ -464,13 +464,16 @@ def _orphans(merges: Iterable[list], buckets: int) -> Iterator[Any]:
                         buckets)
 
 
+PARKED_PREFIX = "identity-"  # the parked files' names: one per shard (counted by progress)
+
+
 def _park(element: ShardLines, folder: str) -> tuple[int, str]:
     """A shard's events to a file of their own: the local runner would otherwise hold
     every event in its memory until the map is built (the events wait for it). Lines of
     canonical JSON (which has no newline of its own), compressed as they are written, a
     few hundred at a time: no copy of the whole shard; any other lines pickled."""
     shard, lines = element
-    path = FileSystems.join(folder, f"identity-{shard}-{uuid.uuid4().hex}.zst")
+    path = FileSystems.join(folder, f"{PARKED_PREFIX}{shard}-{uuid.uuid4().hex}.zst")
     as_lines = bool(lines) and not any(b"\n" in line for line in lines)
     with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as fo:
         fo.write(b"L" if as_lines else b"P")
