@@ -16,7 +16,8 @@ def test_counts_come_from_the_runs_files_and_never_go_back(tmp_path):
     spill.mkdir()
     progress = Progress(10, str(spill), str(temp), files=5, shards=4, out=io.StringIO())
     assert LINE.fullmatch(progress.line()).groups() == ("0", "5", "0", "4", "0", "4")
-    for name in ("a1.zst", "b2.zst", "c3.zst", f"{PARKED_PREFIX}0-x.zst", f"{PARKED_PREFIX}3-y.zst"):
+    for name in ("a1.zst", "b2.zst", "c3.zst", f"{PARKED_PREFIX}0-x.zst",
+                 f"{PARKED_PREFIX}3-y.zst"):
         (spill / name).write_bytes(b"")
     (temp / "events").mkdir(parents=True)
     (temp / "events" / "part-00000-of-00004.ndjson").write_bytes(b"{}\n")
