@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 import zlib
 from collections import Counter
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Tuple
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
@@ -28,6 +28,9 @@ from transforms.types import DUPLICATES
 STREAM = "stream"
 
 
+# typed keys: Beam then encodes them with a deterministic coder, as keyed state
+# requires (and does not warn that it may not be)
+@beam.typehints.with_output_types(Iterable[Tuple[str, Tuple[bytes, str, int]]])
 def keyed_copies(batch: tuple[str, list]) -> Iterator[tuple[str, tuple]]:
     """ValidBatch -> one ``("<event_type>\\x00<id>", (payload, source, row))`` per event."""
     source, items = batch
@@ -118,6 +121,10 @@ class _WriteWindow(beam.DoFn):
         if moved:
             FileSystems.rename([FileSystems.join(temp, r) for r in moved],
                                [FileSystems.join(final, r) for r in moved])
+            try:  # local folders stay behind their files; object stores have none
+                FileSystems.delete([temp])
+            except Exception:
+                pass
         counts = Counter({folder: len(lines) for folder, lines in by_folder.items()})
         summary = {"window": {"start": window.start.to_utc_datetime().isoformat() + "Z",
                               "end": window.end.to_utc_datetime().isoformat() + "Z"},
