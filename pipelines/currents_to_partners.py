@@ -28,9 +28,9 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
-                                                  PortableOptions, StandardOptions,
-                                                  TestOptions)
+from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions,
+                                                  PipelineOptions, PortableOptions,
+                                                  StandardOptions, TestOptions)
 from pydantic import ValidationError
 
 from pipelines.options import OptionError, RunConfig, parse
@@ -273,13 +273,20 @@ def runs_locally(options: PipelineOptions) -> bool:
 
 def local_parallelism(beam_args: list[str], avro_bytes: int) -> list[str]:
     """Beam arguments with local worker processes added for a big export on a local
-    runner, unless the user chose a runner mode or worker count."""
+    runner, unless the user chose a runner mode or worker count. A worker count above 1
+    without a mode gets worker processes too (Beam would run them all in one process,
+    with a warning saying so)."""
     chosen = " ".join(beam_args)
-    if ("--direct_num_workers" in chosen or "--direct_running_mode" in chosen
-            or avro_bytes < PARALLEL_BYTES or LOCAL_WORKERS < 2):
+    options = PipelineOptions(beam_args)
+    if options.view_as(StandardOptions).runner not in DIRECT_RUNNERS:
         return beam_args
-    runner = PipelineOptions(beam_args).view_as(StandardOptions).runner
-    if runner not in DIRECT_RUNNERS:
+    if "--direct_running_mode" in chosen:
+        return beam_args
+    if "--direct_num_workers" in chosen:
+        workers = options.view_as(DirectOptions).direct_num_workers
+        return ([*beam_args, "--direct_running_mode=multi_processing"]
+                if workers and workers > 1 else beam_args)
+    if avro_bytes < PARALLEL_BYTES or LOCAL_WORKERS < 2:
         return beam_args
     return [*beam_args, f"--direct_num_workers={LOCAL_WORKERS}",
             "--direct_running_mode=multi_processing"]
@@ -494,7 +501,7 @@ def _execute(cfg: RunConfig, beam_args: list[str], plan: Plan | None = None) -> 
     if cfg.shards is None:  # with --state, dedup shards also hold the seen store
         cfg = cfg.model_copy(update={"shards": max(auto_shards(size), -(-(
             plan.seen_entries if plan else 0) // SEEN_PER_SHARD))})
-    beam_args = local_parallelism(beam_args, size)
+    given, beam_args = beam_args, local_parallelism(beam_args, size)
     temp_dir = FileSystems.join(cfg.output, TEMPORARY, uuid.uuid4().hex)
     try:
         _check_output_writable(temp_dir)
@@ -505,8 +512,9 @@ def _execute(cfg: RunConfig, beam_args: list[str], plan: Plan | None = None) -> 
           f"Writing {cfg.output} ({cfg.shards} shards)", flush=True)
     started = time.monotonic()
     options = PipelineOptions(beam_args, save_main_session=False)
-    if f"--direct_num_workers={LOCAL_WORKERS}" in beam_args[-2:]:
-        print(f"Using {LOCAL_WORKERS} local worker processes "
+    if beam_args != given:  # worker processes added
+        workers = options.view_as(DirectOptions).direct_num_workers
+        print(f"Using {workers} local worker processes "
               "(--direct_num_workers=1 for one process)", flush=True)
         local_worker_env(os.environ)
     if not os.environ.get("CURRENTS_DEBUG"):  # workers' start-up warnings, relayed

@@ -198,8 +198,13 @@ def test_shards_and_local_workers_follow_the_input_size():
     assert local_parallelism(["--runner=FnApiRunner"], PARALLEL_BYTES)[-1] == (
         "--direct_running_mode=multi_processing")
     for chosen in (["--direct_num_workers=1"], ["--direct_running_mode", "in_memory"],
-                   ["--runner", "DataflowRunner"]):
+                   ["--runner", "DataflowRunner"],
+                   ["--direct_num_workers=4", "--direct_running_mode=multi_threading"]):
         assert local_parallelism(chosen, PARALLEL_BYTES) == chosen
+    # a worker count alone: processes, at any size (Beam would keep one process)
+    for size in (0, PARALLEL_BYTES):
+        assert local_parallelism(["--direct_num_workers", "3"], size) == [
+            "--direct_num_workers", "3", "--direct_running_mode=multi_processing"]
 
 
 def test_the_shuffle_goes_through_files_only_on_local_runners():
