@@ -460,8 +460,11 @@ def _check_pending(plan: Plan, partner: str) -> None:
     if not paths:
         return
     folders = sorted({path.rsplit("/", 1)[0] for path in paths})
-    found = FileSystems.match([FileSystems.join(f, "part-*") for f in folders])
-    listed = {m.path for result in found for m in result.metadata_list}
+    try:
+        found = FileSystems.match([FileSystems.join(f, "part-*") for f in folders])
+        listed = {m.path for result in found for m in result.metadata_list}
+    except Exception:  # a filesystem that raises for a folder that is gone
+        listed = set()
     kept = [path for path in paths if path in listed]
     if len(kept) < len(paths):
         print(f"warning: {len(paths) - len(kept)} delivery_failed/{partner} files of an "
