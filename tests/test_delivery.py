@@ -188,6 +188,29 @@ def test_with_state_what_a_down_partner_missed_goes_with_the_next_run(
     assert fake_partners["segment"].received == {k: 1 for k in keys}
 
 
+def test_undelivered_files_removed_meanwhile_are_a_warning_not_a_crash(
+        fake_partners, credentials, tmp_path, capsys):
+    import shutil
+    click = "users.messages.email.Click"
+    write_export(tmp_path / "in", {click: [make_record(click, seed=s) for s in range(3)]})
+    runs = tmp_path / "out" / "runs"
+    args = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+            "--state", str(tmp_path / "state"), "--partners", "segment",
+            *delivery_args(fake_partners, ("segment",)), "--delivery-max-retries", "0"]
+    fake_partners["segment"].down = True
+    assert run(args) == 1
+    first = runs / (runs / "_latest").read_text().strip()
+    shutil.rmtree(first / "delivery_failed")  # someone cleaned up the old run
+    fake_partners["segment"].down = False
+    capsys.readouterr()
+    assert run(args) == 0
+    assert "files of an earlier run are gone" in capsys.readouterr().err
+    second = runs / (runs / "_latest").read_text().strip()
+    summary = json.loads((second / "summary.json").read_text())
+    assert summary["delivery"]["segment"]["carried_over"] == 0
+    assert not fake_partners["segment"].received
+
+
 def test_only_failures_a_new_attempt_can_fix_are_read_again(tmp_path):
     from apache_beam.testing.util import assert_that, equal_to
     from transforms.deliver import ReadUndelivered
