@@ -463,8 +463,8 @@ def parser() -> argparse.ArgumentParser:
                          "expansion service (default: Beam starts its jar with Java, "
                          "downloaded once)")
     ap.add_argument("--state", default=None,
-                    help="folder (local or gs://) remembering earlier runs: only .avro "
-                         "files no committed run processed are read, outputs go to "
+                    help="folder (local, gs://, s3://, azfs://) remembering earlier runs: "
+                         "only .avro files no committed run processed are read, outputs go to "
                          "<output>/runs/<run_id>/, events kept by earlier runs are "
                          "duplicates (docs/scheduling.md). Default: off, read everything")
     ap.add_argument("--dedup-window", "--dedup_window", dest="dedup_window", type=duration,
