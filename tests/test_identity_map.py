@@ -12,7 +12,8 @@ import pytest
 
 from pipelines.currents_to_partners import run
 from tests.braze_schemas import newer_record, write_newer
-from transforms.identity_map import _park, _unparked, choose, follow_merges
+from transforms.identity_map import (_park, _unparked, choose, deletion_needles,
+                                     follow_merges)
 from transforms.testing import export_path, make_record, write_export
 
 CUSTOM = "users.behaviors.CustomEvent"
@@ -214,27 +215,43 @@ def test_chains_and_cycles():
                        "members": ["c1", "c2", "c3"], "chosen": "c1"}]
 
 
-def test_deletions_file_covers_braze_id_and_its_external_id(tmp_path):
+# plain ids (the lines are searched for them), and ids no line is searched for
+@pytest.mark.parametrize("braze_id,external_id", [("b-x", "xavier"), ("b-é/x", 'xa"vïer')])
+def test_deletions_file_covers_braze_id_and_its_external_id(tmp_path, braze_id,
+                                                            external_id):
     """--deletions: the listed braze_id's events and the events of other braze_ids with
     the external_id it resolves to reach no partner; a bad line is reported."""
     write_export(tmp_path / "in", {CUSTOM: [
-        custom(30, "b-x", "xavier", 100), custom(31, "b-x", None, 101),
-        custom(32, "b-x2", "xavier", 102), custom(33, "b-keep", "kim", 103)]})
+        custom(30, braze_id, external_id, 100), custom(31, braze_id, None, 101),
+        custom(32, "b-x2", external_id, 102), custom(33, "b-keep", "kim", 103),
+        custom(34, "b-anon", None, 104)]})  # never identified: nothing to backfill
     deletions = tmp_path / "deletions.csv"
-    deletions.write_text('braze_id,note\nb-x,asked by email\n"",empty\n')
+    deletions.write_text(
+        f'braze_id,note\n{braze_id},asked by email\n"",empty\nb-anon,asked in app\n')
     out = tmp_path / "out"
     assert run(["--input", str(tmp_path / "in"), "--output", str(out), "--shards", "1",
                 "--partners", "segment", "--deletions", str(deletions)]) == 0
     assert [p["userId"] for p in read_folder(out, "partners/segment")] == ["kim"]
     assert sorted(s["id"] for s in read_folder(out, "partners/segment/_skipped")) == [
-        "ev-30", "ev-31", "ev-32"]
-    assert read_folder(out, "identity/deletions") == [
-        {"braze_id": "b-x", "external_id": "xavier", "sources": ["deletions_file"],
+        "ev-30", "ev-31", "ev-32", "ev-34"]
+    assert sorted(read_folder(out, "identity/deletions"), key=lambda d: d["braze_id"]) == [
+        {"braze_id": "b-anon", "external_id": None, "sources": ["deletions_file"],
+         "requested_at": None},
+        {"braze_id": braze_id, "external_id": external_id, "sources": ["deletions_file"],
          "requested_at": None}]
     assert [e["line"] for e in read_folder(out, "identity/errors")] == [3]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["identity"]["deleted_events"] == 3
-    assert summary["partners"]["segment"]["skipped_reasons"] == {"user_deleted": 3}
+    assert summary["identity"]["deleted_events"] == 4
+    assert summary["partners"]["segment"]["skipped_reasons"] == {"user_deleted": 4}
+
+
+def test_deletion_needles_only_for_a_few_plain_ids():
+    assert deletion_needles(set(), set()) == ()
+    assert deletion_needles({"5f00ab"}, {"user-1"}) == (
+        b'"user_id":"5f00ab"', b'"external_user_id":"user-1"')
+    for odd in ("é", 'a"b', "a\\b", "a/b", "tab\there"):  # encoders differ, or escape
+        assert deletion_needles({"5f00ab"}, {odd}) is None
+    assert deletion_needles({f"b{i}" for i in range(9)}, set()) is None  # many: parse
 
 
 def test_missing_identity_map_is_a_clear_error(tmp_path, capsys):
