@@ -586,7 +586,12 @@ def _check_delivery(cfg: RunConfig, summary: dict) -> int:
 
 
 def main() -> None:
-    sys.exit(run(sys.argv[1:]))
+    try:
+        code = run(sys.argv[1:])
+    except KeyboardInterrupt:  # Ctrl-C: one line, not the runner's threads' stacks
+        code = _fail("interrupted: nothing was committed (an earlier run's outputs and "
+                     "--state are as they were)", 130)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

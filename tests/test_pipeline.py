@@ -358,3 +358,17 @@ def test_our_transforms_leave_the_garbage_collector_alone():
             assert gc.isenabled() == enabled
     finally:
         (gc.enable if was else gc.disable)()
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    import pipelines.currents_to_partners as cli
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "run", interrupted)
+    monkeypatch.setattr(sys, "argv", ["currents_to_partners"])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == 130
+    err = capsys.readouterr().err
+    assert err.startswith("error: interrupted: nothing was committed") and "Traceback" not in err
