@@ -141,7 +141,9 @@ def build(p: beam.Pipeline, cfg: RunConfig, temp_dir: str,
     if plan:  # the seen store's next generation is written before the commit
         stats += [unique[SEEN_NEW] | "WriteSeenStore" >> seen.write(),
                   p | "ChangedStats" >> beam.Create(
-                      [{"file_errors/changed_after_processing": len(plan.changed)}])]
+                      [{"file_errors/changed_after_processing": len(plan.changed),
+                        **{f"ledger/{k}": v for k, v in plan.ledger_summary().items()
+                           if k != "horizon"}}])]
     # Parquet and BigQuery hold what events/ holds
     warehouse_stats, warehouse_files = warehouse_outputs(policed[events_policy], cfg, root,
                                                          temp_dir)

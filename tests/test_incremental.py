@@ -461,3 +461,27 @@ def test_state_on_azure(azurite, tmp_path):
     assert any(n.startswith(f"s/seen/{run2}/part-") for n in names)
     assert not any(n.startswith(f"s/seen/{run1}/") for n in names)
 
+
+
+def test_the_ledger_counts_are_metrics_counters_too(tmp_path):
+    """As every count of summary.json: the Dataflow console shows them while it runs."""
+    import apache_beam as beam
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.currents_to_partners import build, local_runner
+    from pipelines.options import parse
+    from transforms.summary import METRICS_NAMESPACE
+    add_file(tmp_path / "in", 0, clicks(range(2)))
+    add_file(tmp_path / "in", 1, clicks(range(2, 4)))
+    cfg, beam_args = parse(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                            "--state", str(tmp_path / "state"), *EVENTS_ONLY])
+    plan = State(str(tmp_path / "state")).plan(cfg.input, "run-1")
+    options = PipelineOptions(beam_args)
+    p = beam.Pipeline(runner=local_runner(options), options=options)
+    build(p, cfg, str(tmp_path / "out" / "_temporary" / "run"), plan=plan)
+    result = p.run()
+    result.wait_until_finish()
+    counters = {c.key.metric.name: c.committed for c in result.metrics().query(
+        MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]}
+    assert counters["ledger/entries"] == 2 and counters["valid"] == 4
