@@ -124,8 +124,8 @@ def run_streaming(cfg: RunConfig, beam_args: list[str]) -> int:
     """``--streaming`` from the command line; returns the exit code."""
     import json
 
-    from pipelines.currents_to_partners import _fail, _job_not_run_here, local_runner, \
-        runs_locally
+    from pipelines.currents_to_partners import _fail, _job_not_run_here
+    from pipelines.local import local_runner, runs_locally
     options = PipelineOptions(beam_args, save_main_session=False)
     local = runs_locally(options)
     if local and cfg.stop_after is None:

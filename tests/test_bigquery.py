@@ -69,7 +69,8 @@ def run_with_counters(src, out, dataset, method, bq_emulator, temp_bucket):
     from apache_beam.metrics.metric import MetricsFilter
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipelines.currents_to_partners import build, local_runner
+    from pipelines.currents_to_partners import build
+    from pipelines.local import local_runner
     from pipelines.options import parse
     from transforms.summary import METRICS_NAMESPACE
     cfg, beam_args = parse(["--input", str(src), "--output", str(out), "--partners", "",

@@ -469,7 +469,8 @@ def test_the_ledger_counts_are_metrics_counters_too(tmp_path):
     from apache_beam.metrics.metric import MetricsFilter
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipelines.currents_to_partners import build, local_runner
+    from pipelines.currents_to_partners import build
+    from pipelines.local import local_runner
     from pipelines.options import parse
     from transforms.summary import METRICS_NAMESPACE
     add_file(tmp_path / "in", 0, clicks(range(2)))

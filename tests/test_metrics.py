@@ -5,7 +5,8 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.currents_to_partners import build, local_runner
+from pipelines.currents_to_partners import build
+from pipelines.local import local_runner
 from pipelines.options import bundled_sample, parse
 from transforms.summary import METRICS_NAMESPACE, metric_increments
 

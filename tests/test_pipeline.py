@@ -187,8 +187,8 @@ def test_max_invalid_ratio_fails_after_writing_everything(tmp_path, capsys):
 
 
 def test_shards_and_local_workers_follow_the_input_size():
-    from pipelines.currents_to_partners import (MIN_SHARDS, PARALLEL_BYTES, SHARD_BYTES,
-                                                auto_shards, local_parallelism)
+    from pipelines.currents_to_partners import MIN_SHARDS, SHARD_BYTES, auto_shards
+    from pipelines.local import PARALLEL_BYTES, local_parallelism
     assert auto_shards(0) == MIN_SHARDS
     assert auto_shards(100 * SHARD_BYTES) == 100
     assert auto_shards(100 * SHARD_BYTES + 1) == 101
@@ -210,7 +210,7 @@ def test_shards_and_local_workers_follow_the_input_size():
 def test_the_shuffle_goes_through_files_only_on_local_runners():
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipelines.currents_to_partners import runs_locally
+    from pipelines.local import runs_locally
     assert runs_locally(PipelineOptions([]))
     assert runs_locally(PipelineOptions(["--runner", "DirectRunner"]))
     assert not runs_locally(PipelineOptions(["--runner", "DataflowRunner"]))
@@ -235,7 +235,7 @@ def test_a_local_run_shuffles_through_files_it_removes(tmp_path, monkeypatch):
 
 
 def test_local_workers_get_capped_arenas_and_one_polars_thread_unless_the_user_chose():
-    from pipelines.currents_to_partners import local_worker_env
+    from pipelines.local import local_worker_env
     env = {}
     local_worker_env(env)
     assert env == {"MALLOC_ARENA_MAX": "2", "POLARS_MAX_THREADS": "1"}
@@ -250,7 +250,7 @@ def test_a_run_without_a_runner_never_tries_prism(tmp_path, monkeypatch):
     from apache_beam.runners.direct import direct_runner
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-    from pipelines.currents_to_partners import local_runner
+    from pipelines.local import local_runner
 
     def no(*args, **kwargs):
         raise AssertionError("the DirectRunner (and its Prism attempt) was used")
@@ -271,7 +271,7 @@ def test_local_worker_processes_are_beams_own_and_get_the_pipeline_options():
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.testing.util import assert_that, equal_to
 
-    from pipelines.currents_to_partners import local_runner
+    from pipelines.local import local_runner
 
     class _Seen(beam.DoFn):
         def process(self, _):
