@@ -401,6 +401,11 @@ def _check_pending(plan: Plan, partner: str) -> None:
               flush=True)
 
 
+def retriable_failures(delivery: dict) -> int:
+    """Payloads of a partner's ``delivery`` summary a new attempt may deliver."""
+    return sum(delivery["failed_reasons"].get(reason, 0) for reason in RETRIABLE)
+
+
 def pending_deliveries(cfg: RunConfig, plan: Plan, summary: dict, output: str) -> dict:
     """Per partner, the delivery_failed/ files the next run sends again: this run's, if
     it left payloads a new attempt can deliver; earlier ones for partners this run did
@@ -408,8 +413,7 @@ def pending_deliveries(cfg: RunConfig, plan: Plan, summary: dict, output: str) -
     pending = dict(plan.pending)
     for partner in () if cfg.deliver_dry_run else cfg.deliver:
         pending.pop(partner, None)
-        failed = summary["delivery"][partner]["failed_reasons"]
-        if any(failed.get(reason) for reason in RETRIABLE):
+        if retriable_failures(summary["delivery"][partner]):
             pattern = FileSystems.join(output, "delivery_failed", partner, "part-*")
             pending[partner] = sorted(
                 m.path for m in FileSystems.match([pattern])[0].metadata_list)
@@ -501,7 +505,7 @@ def _check_delivery(cfg: RunConfig, summary: dict) -> int:
             reasons = ", ".join(f"{r} {k}" for r, k in d["failed_reasons"].items())
             print(f"{partner}: {d['failed']} events not delivered ({reasons}); see "
                   f"delivery_failed/{partner}/", file=sys.stderr)
-        undelivered = sum(d["failed_reasons"].get(r, 0) for r in RETRIABLE)
+        undelivered = retriable_failures(d)
         if undelivered:
             code = _fail(f"{undelivered} events not delivered to {partner} "
                          "(retries exhausted or credentials refused); " + (

@@ -150,23 +150,33 @@ def test_rerun_delivers_the_same_keys(fake_partners, credentials, tmp_path):
         assert fake_partners[p].received == {k: 2 for k in first[p]}  # same keys again
 
 
+def scheduled_segment_run(tmp_path: Path, fake_partners: dict, events: int,
+                          retries: int) -> list[str]:
+    """An export of ``events`` clicks and the arguments of a --state run delivering it
+    to the fake Segment API."""
+    click = "users.messages.email.Click"
+    write_export(tmp_path / "in", {click: [make_record(click, seed=s)
+                                           for s in range(events)]})
+    return ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+            "--state", str(tmp_path / "state"), "--partners", "segment",
+            *delivery_args(fake_partners, ("segment",)),
+            "--delivery-max-retries", str(retries)]
+
+
+def last_run(tmp_path: Path) -> tuple[Path, dict]:
+    """The latest run's folder under ``out/runs`` and its summary."""
+    runs = tmp_path / "out" / "runs"
+    folder = runs / (runs / "_latest").read_text().strip()
+    return folder, json.loads((folder / "summary.json").read_text())
+
+
 def test_with_state_what_a_down_partner_missed_goes_with_the_next_run(
         fake_partners, credentials, tmp_path, capsys):
-    click = "users.messages.email.Click"
-    write_export(tmp_path / "in", {click: [make_record(click, seed=s) for s in range(8)]})
-    runs = tmp_path / "out" / "runs"
-    args = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
-            "--state", str(tmp_path / "state"), "--partners", "segment",
-            *delivery_args(fake_partners, ("segment",)), "--delivery-max-retries", "1"]
-
-    def last_run() -> tuple[Path, dict]:
-        folder = runs / (runs / "_latest").read_text().strip()
-        return folder, json.loads((folder / "summary.json").read_text())
-
+    args = scheduled_segment_run(tmp_path, fake_partners, events=8, retries=1)
     fake_partners["segment"].down = True
     assert run(args) == 1
     assert "the next run with this --state sends them again" in capsys.readouterr().err
-    first, s1 = last_run()
+    first, s1 = last_run(tmp_path)
     keys = written_keys(first, "segment")
     assert keys and s1["delivery"]["segment"]["failed_reasons"] == {
         "retries_exhausted": len(keys)}
@@ -175,7 +185,7 @@ def test_with_state_what_a_down_partner_missed_goes_with_the_next_run(
     fake_partners["segment"].down = False
     assert run(args) == 0
     assert "segment: sending again what" in capsys.readouterr().out
-    second, s2 = last_run()
+    second, s2 = last_run(tmp_path)
     d = s2["delivery"]["segment"]
     assert (s2["rows_read"], s2["partners"]["segment"]["written"]) == (0, 0)
     assert (d["carried_over"], d["delivered"], d["failed"], d["accounted"]) == (
@@ -184,30 +194,23 @@ def test_with_state_what_a_down_partner_missed_goes_with_the_next_run(
 
     # nothing is left to send: the next run sends nothing again
     assert run(args) == 0
-    assert last_run()[1]["delivery"]["segment"]["carried_over"] == 0
+    assert last_run(tmp_path)[1]["delivery"]["segment"]["carried_over"] == 0
     assert fake_partners["segment"].received == {k: 1 for k in keys}
 
 
 def test_undelivered_files_removed_meanwhile_are_a_warning_not_a_crash(
         fake_partners, credentials, tmp_path, capsys):
     import shutil
-    click = "users.messages.email.Click"
-    write_export(tmp_path / "in", {click: [make_record(click, seed=s) for s in range(3)]})
-    runs = tmp_path / "out" / "runs"
-    args = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
-            "--state", str(tmp_path / "state"), "--partners", "segment",
-            *delivery_args(fake_partners, ("segment",)), "--delivery-max-retries", "0"]
+    args = scheduled_segment_run(tmp_path, fake_partners, events=3, retries=0)
     fake_partners["segment"].down = True
     assert run(args) == 1
-    first = runs / (runs / "_latest").read_text().strip()
+    first, _ = last_run(tmp_path)
     shutil.rmtree(first / "delivery_failed")  # someone cleaned up the old run
     fake_partners["segment"].down = False
     capsys.readouterr()
     assert run(args) == 0
     assert "files of an earlier run are gone" in capsys.readouterr().err
-    second = runs / (runs / "_latest").read_text().strip()
-    summary = json.loads((second / "summary.json").read_text())
-    assert summary["delivery"]["segment"]["carried_over"] == 0
+    assert last_run(tmp_path)[1]["delivery"]["segment"]["carried_over"] == 0
     assert not fake_partners["segment"].received
 
 
